@@ -1,0 +1,132 @@
+"""`MemoryRunStore`: a dictionary-backed run store for tests and the playground.
+
+It keeps the same contract as the SQL store (tests/test_store_contract.py runs one suite
+against both): copies in and out, the same filters and order, the same missing-parent and
+duplicate-id errors, and lists without `messages_json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+from bot.models import RunQuery, RunRecord, RunStatus, utcnow
+
+MAX_LIMIT = 1000
+UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
+TIME_FIELDS = ("created_at", "started_at", "first_token_at", "finished_at")
+
+
+class MemoryRunStore:
+    """Runs kept in a dict by id; every record goes in and comes out as a copy."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, RunRecord] = {}
+
+    async def create(self, run: RunRecord) -> None:
+        """Insert a new run; `ValueError` if its id exists or its parent does not."""
+        if run.id in self._runs:
+            raise ValueError(f"cannot create run {run.id}: the id exists")
+        self._check_parent(run)
+        self._runs[run.id] = _stored(run)
+
+    async def save(self, run: RunRecord) -> None:
+        """Write the whole record (upsert by id); stored messages stay when
+        `run.messages_json` is `None`. `ValueError` if its parent does not exist."""
+        self._check_parent(run)
+        stored = _stored(run)
+        previous = self._runs.get(run.id)
+        if stored.messages_json is None and previous is not None:
+            stored.messages_json = previous.messages_json
+        self._runs[run.id] = stored
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        run = self._runs.get(run_id)
+        return _copy(run) if run is not None else None
+
+    async def query(self, query: RunQuery) -> list[RunRecord]:
+        """Runs matching every filter of `query`, newest first, at most `query.limit`
+        (clamped to 1..1000)."""
+        found = sorted(
+            (run for run in self._runs.values() if _matches(run, query)),
+            key=lambda run: (run.created_at, run.id),
+            reverse=True,
+        )
+        limit = max(1, min(query.limit, MAX_LIMIT))
+        return [_copy(run, with_messages=False) for run in found[:limit]]
+
+    async def mark_interrupted(self, reason: str) -> list[RunRecord]:
+        """Mark every `queued`/`running` run `interrupted` with `reason`; return them."""
+        now = utcnow()
+        marked: list[RunRecord] = []
+        for run in sorted(self._runs.values(), key=lambda run: (run.created_at, run.id)):
+            if run.status not in UNFINISHED:
+                continue
+            run.status = RunStatus.INTERRUPTED
+            run.error = reason
+            run.finished_at = now
+            if run.started_at is not None:
+                run.duration_ms = max(0, int((now - run.started_at).total_seconds() * 1000))
+            marked.append(_copy(run, with_messages=False))
+        return marked
+
+    async def find_by_message(self, channel_id: str, ts: str) -> RunRecord | None:
+        """The latest run in `channel_id` whose message or thread is `ts`, with its messages."""
+        found = [
+            run
+            for run in self._runs.values()
+            if run.channel_id == channel_id and ts in (run.message_ts, run.thread_ts)
+        ]
+        if not found:
+            return None
+        return _copy(max(found, key=lambda run: (run.created_at, run.id)))
+
+    async def children(self, parent_id: str) -> list[RunRecord]:
+        """The runs whose parent is `parent_id`, oldest first."""
+        found = sorted(
+            (run for run in self._runs.values() if run.parent_id == parent_id),
+            key=lambda run: (run.created_at, run.id),
+        )
+        return [_copy(run, with_messages=False) for run in found]
+
+    async def ping(self) -> None:
+        return None
+
+    def _check_parent(self, run: RunRecord) -> None:
+        if run.parent_id is not None and run.parent_id not in self._runs:
+            raise ValueError(f"cannot save run {run.id}: no parent run {run.parent_id}")
+
+
+def _stored(run: RunRecord) -> RunRecord:
+    """A copy of `run` with its times in UTC (naive ones taken as UTC), as SQL keeps them."""
+    return dataclasses.replace(run, **{name: _utc(getattr(run, name)) for name in TIME_FIELDS})
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _copy(run: RunRecord, *, with_messages: bool = True) -> RunRecord:
+    # Every field is immutable (str, bytes, int, datetime, enum): a shallow copy is enough.
+    return dataclasses.replace(run, messages_json=run.messages_json if with_messages else None)
+
+
+def _matches(run: RunRecord, query: RunQuery) -> bool:
+    equal = (
+        (run.user_id, query.user_id),
+        (run.channel_id, query.channel_id),
+        (run.team_id, query.team_id),
+        (run.parent_id, query.parent_id),
+        (run.status, query.status),
+        (run.kind, query.kind),
+    )
+    if any(wanted is not None and value != wanted for value, wanted in equal):
+        return False
+    since, until = _utc(query.since), _utc(query.until)
+    if since is not None and run.created_at < since:
+        return False
+    if until is not None and run.created_at >= until:
+        return False
+    return not query.search or query.search.lower() in run.prompt.lower()

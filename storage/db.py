@@ -1,0 +1,127 @@
+"""The database engine (SQLite or PostgreSQL, async), schema upgrades and the health check."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from bot.errors import ConfigError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SETTING = "AGENTBOT_DATABASE_URL"
+BACKENDS = ("sqlite", "postgresql")
+
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA synchronous=NORMAL",
+)
+
+
+def create_engine(url: str, *, connect_args: Mapping[str, Any] | None = None) -> AsyncEngine:
+    """An async engine for `url` (SQLite with WAL and foreign keys on, or PostgreSQL).
+
+    Raises `ConfigError` naming `AGENTBOT_DATABASE_URL` when the URL cannot be used.
+    Nothing is connected yet: `upgrade` or `check` opens the first connection.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"{SETTING}: not a database URL ({first_line(exc)})") from None
+    backend = parsed.get_backend_name()
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"{SETTING}: unknown driver {parsed.drivername!r} "
+            "(use sqlite+aiosqlite:///PATH or postgresql+asyncpg://...)"
+        )
+    kwargs: dict[str, Any] = {"connect_args": dict(connect_args or {})}
+    if backend != "sqlite":
+        kwargs["pool_pre_ping"] = True
+        if parsed.get_driver_name() == "asyncpg":
+            # asyncpg waits 60 s by default; /healthz and start-up should fail sooner.
+            kwargs["connect_args"].setdefault("timeout", 10)
+    try:
+        engine = create_async_engine(parsed, **kwargs)
+    except NoSuchModuleError as exc:
+        raise ConfigError(f"{SETTING}: unknown driver ({first_line(exc)})") from None
+    except ImportError as exc:
+        raise ConfigError(f"{SETTING}: driver not installed ({first_line(exc)})") from None
+    except (ArgumentError, SQLAlchemyError) as exc:
+        # For example a driver that is not async ("postgresql://" means psycopg2).
+        raise ConfigError(f"{SETTING}: unusable driver ({first_line(exc)})") from None
+    if backend == "sqlite":
+        _make_parent_dir(parsed)
+        event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def _make_parent_dir(url: URL) -> None:
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return
+    try:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{SETTING}: cannot open {database} ({exc.strerror})") from None
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    """Create or upgrade the schema to the latest migration (Alembic, no alembic.ini).
+
+    Raises `ConfigError` when the database cannot be opened at all.
+    """
+    async with _begin(engine) as conn:
+        await conn.run_sync(_upgrade_sync)
+
+
+def _upgrade_sync(connection: Connection) -> None:
+    config = Config()  # no file: Alembic then leaves the application's logging alone
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def check(engine: AsyncEngine) -> None:
+    """Raise if the database does not answer `SELECT 1`."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+@asynccontextmanager
+async def _begin(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction; a failure to connect becomes a one-line `ConfigError`."""
+    try:
+        conn = await engine.connect()
+    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(f"{SETTING}: cannot open {where} ({first_line(exc)})") from None
+    try:
+        async with conn.begin():
+            yield conn
+    finally:
+        await conn.close()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (SQLAlchemy's run to several)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,232 @@
+"""Schema migrations, the engine factory and its SQLite settings."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.errors import ConfigError
+from bot.models import RunKind, RunRecord
+from storage.db import check, create_engine, upgrade
+from storage.repository import SqlRunStore
+from storage.tables import Base, RunRow
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+INDEXES = {
+    "ix_runs_created_at": ["created_at"],
+    "ix_runs_user_id_created_at": ["user_id", "created_at"],
+    "ix_runs_channel_id_created_at": ["channel_id", "created_at"],
+    "ix_runs_status_created_at": ["status", "created_at"],
+    "ix_runs_kind_created_at": ["kind", "created_at"],
+    "ix_runs_team_id_created_at": ["team_id", "created_at"],
+    "ix_runs_parent_id": ["parent_id"],
+    "ix_runs_channel_id_thread_ts": ["channel_id", "thread_ts"],
+    "ix_runs_channel_id_message_ts": ["channel_id", "message_ts"],
+}
+
+
+@pytest.fixture(scope="session")
+def postgres_unreachable() -> str | None:
+    """Why PostgreSQL cannot be used, or None (probed in a thread, off the test's loop)."""
+
+    async def probe() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_DSN, timeout=3)
+        await conn.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            pool.submit(asyncio.run, probe()).result(timeout=10)
+        except Exception as exc:
+            return f"PostgreSQL not reachable at {PG_DSN}: {type(exc).__name__}: {exc}"
+    return None
+
+
+@asynccontextmanager
+async def postgres_engine(unreachable: str | None) -> AsyncIterator[AsyncEngine]:
+    """An engine whose connections work in a fresh schema, dropped afterwards."""
+    if unreachable:
+        pytest.skip(unreachable)
+    import asyncpg
+
+    schema = f"agentbot_t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(PG_DSN, timeout=5)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        engine = create_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+            await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
+async def sqlite_engine(path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def engine(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_unreachable: str | None
+) -> AsyncIterator[AsyncEngine]:
+    """A fresh, empty database: a SQLite file in a directory that does not exist yet, or a
+    PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        opened = sqlite_engine(tmp_path / "new" / "dir" / "agentbot.db")
+    else:
+        opened = postgres_engine(postgres_unreachable)
+    async with opened as created:
+        yield created
+
+
+def schema_facts(connection: Connection) -> dict[str, Any]:
+    inspector = inspect(connection)
+    version = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+    return {
+        "tables": sorted(inspector.get_table_names()),
+        "columns": {column["name"] for column in inspector.get_columns("runs")},
+        "indexes": {
+            index["name"]: index["column_names"] for index in inspector.get_indexes("runs")
+        },
+        "versions": list(version),
+    }
+
+
+def schema_diff(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return compare_metadata(context, Base.metadata)
+
+
+async def test_upgrade_creates_the_schema(engine: AsyncEngine) -> None:
+    await upgrade(engine)
+    async with engine.connect() as conn:
+        facts = await conn.run_sync(schema_facts)
+    assert facts["tables"] == ["alembic_version", "runs"]
+    record_fields = {field.name for field in dataclasses.fields(RunRecord)}
+    assert facts["columns"] == record_fields
+    assert facts["indexes"] == INDEXES
+    assert facts["versions"] == ["0001"]
+
+
+async def test_migrated_schema_matches_the_models(engine: AsyncEngine) -> None:
+    await upgrade(engine)
+    async with engine.connect() as conn:
+        assert await conn.run_sync(schema_diff) == []
+
+
+async def test_upgrade_twice_changes_nothing(engine: AsyncEngine) -> None:
+    await upgrade(engine)
+    store = SqlRunStore(engine)
+    record = RunRecord(kind=RunKind.ASK, prompt="kept", messages_json=b"[]")
+    await store.create(record)
+    async with engine.connect() as conn:
+        before = await conn.run_sync(schema_facts)
+
+    await upgrade(engine)
+
+    async with engine.connect() as conn:
+        assert await conn.run_sync(schema_facts) == before
+    assert await store.get(record.id) == record
+
+
+async def test_check_answers(engine: AsyncEngine) -> None:
+    await check(engine)
+
+
+def test_models_have_a_column_for_every_record_field() -> None:
+    columns = {column.name for column in RunRow.__table__.columns}
+    assert columns == {field.name for field in dataclasses.fields(RunRecord)}
+
+
+async def test_sqlite_pragmas_on_every_new_connection(tmp_path: Path) -> None:
+    async with sqlite_engine(tmp_path / "agentbot.db") as engine:
+        await upgrade(engine)
+        await engine.dispose()  # the next connection is a new one
+        async with engine.connect() as conn:
+            pragmas = {
+                name: (await conn.execute(text(f"PRAGMA {name}"))).scalar_one()
+                for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+            }
+    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000,
+                       "synchronous": 1}  # fmt: skip
+
+
+async def test_sqlite_enforces_foreign_keys(tmp_path: Path) -> None:
+    async with sqlite_engine(tmp_path / "agentbot.db") as engine:
+        await upgrade(engine)
+        with pytest.raises(ValueError):
+            await SqlRunStore(engine).create(
+                RunRecord(kind=RunKind.SUBTASK, prompt="orphan", parent_id="missing")
+            )
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("not a url", "not a database URL"),
+        ("", "not a database URL"),
+        ("mysql+aiomysql://u:p@localhost/db", "unknown driver"),
+        ("sqlite+nosuchdriver:///x.db", "unknown driver"),
+        ("postgresql+nosuchdriver://localhost/db", "unknown driver"),
+        ("sqlite:///x.db", "driver"),  # pysqlite is not async
+        ("postgresql+psycopg2://localhost/db", "driver"),  # not installed, nor async
+    ],
+)
+def test_bad_url_is_one_line_config_error(url: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_engine(url)
+    message = str(caught.value)
+    assert message.startswith("AGENTBOT_DATABASE_URL: ")
+    assert reason in message
+    assert "\n" not in message
+
+
+def test_sqlite_path_under_a_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"^AGENTBOT_DATABASE_URL: cannot open") as caught:
+        create_engine(f"sqlite+aiosqlite:///{tmp_path / 'file' / 'agentbot.db'}")
+    assert "\n" not in str(caught.value)
+
+
+async def test_unreachable_database_is_a_config_error_on_upgrade(tmp_path: Path) -> None:
+    # A directory where the database file should be: SQLite cannot open it.
+    (tmp_path / "agentbot.db").mkdir()
+    async with sqlite_engine(tmp_path / "agentbot.db") as engine:
+        with pytest.raises(ConfigError, match=r"^AGENTBOT_DATABASE_URL: cannot open") as caught:
+            await upgrade(engine)
+    assert "\n" not in str(caught.value)
+
+
+async def test_postgres_refusing_connections_is_a_config_error_on_upgrade() -> None:
+    # Port 1 on loopback: nothing listens, the connection is refused at once.
+    engine = create_engine("postgresql+asyncpg://agentbot:secret@127.0.0.1:1/agentbot")
+    try:
+        with pytest.raises(ConfigError, match=r"^AGENTBOT_DATABASE_URL: cannot open") as caught:
+            await upgrade(engine)
+    finally:
+        await engine.dispose()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "secret" not in message
