@@ -1,0 +1,47 @@
+"""The offline demo model: a pydantic-ai `FunctionModel` that streams a labelled answer.
+
+It lets agentbot run on a fresh machine with no API key; every answer says it is a demo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+WORDS_PER_SECOND = 25.0
+
+
+def demo_model(*, words_per_second: float = WORDS_PER_SECOND) -> FunctionModel:
+    """A model that answers every prompt with a clearly labelled demo text, word by word."""
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        prompt = _last_prompt(messages)
+        for word in demo_answer(prompt).split(" "):
+            yield word + " "
+            await asyncio.sleep(1 / words_per_second)
+
+    return FunctionModel(stream_function=stream, model_name="demo")
+
+
+def demo_answer(prompt: str) -> str:
+    shown = prompt if len(prompt) <= 200 else prompt[:200] + "…"
+    return (
+        "*Demo model* — no `AGENTBOT_MODEL` is configured, so this answer is generated offline.\n\n"
+        f"You asked: “{shown}”\n\n"
+        "A real model would answer here. This demo streams at a steady pace so that you can "
+        "watch agentbot edit its message as tokens arrive, see the live footer count tokens, "
+        "and try the *Stop* button. Set `AGENTBOT_MODEL` (for example "
+        "`openai-chat:gpt-4o-mini`) and the provider's API key to use a real model."
+    )
+
+
+def _last_prompt(messages: list[ModelMessage]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, UserPromptPart) and isinstance(part.content, str):
+                    return part.content
+    return ""

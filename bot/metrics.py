@@ -1,0 +1,46 @@
+"""Prometheus metrics, on a registry of their own (no module-level collectors)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """Everything agentbot counts. Built once in the composition root and passed down."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.runs = Counter(
+            "agentbot_runs", "Finished agent runs.", ["kind", "status"], registry=self.registry
+        )
+        self.run_duration = Histogram(
+            "agentbot_run_duration_seconds",
+            "Wall time of finished agent runs.",
+            ["kind"],
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.live_runs = Gauge("agentbot_live_runs", "Runs in progress.", registry=self.registry)
+        self.slack_calls = Counter(
+            "agentbot_slack_calls",
+            "Slack Web API calls by method and outcome (ok, error, ratelimited, unreachable).",
+            ["method", "outcome"],
+            registry=self.registry,
+        )
+        self.slack_ratelimited = Counter(
+            "agentbot_slack_ratelimited",
+            "Slack 429 answers by method.",
+            ["method"],
+            registry=self.registry,
+        )
+
+    def slack_call(self, method: str, outcome: str) -> None:
+        self.slack_calls.labels(method, outcome).inc()
+        if outcome == "ratelimited":
+            self.slack_ratelimited.labels(method).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

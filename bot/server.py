@@ -1,0 +1,181 @@
+"""Composition root of the service: builds every part and serves Slack over aiohttp.
+
+HTTP mode serves Bolt at `POST /slack/events`; Socket Mode connects out with the app token.
+Both serve `GET /healthz` and `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+from pydantic_ai.models import Model
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.agents import AgentRegistry
+from bot.config import AppConfig, Settings
+from bot.metrics import Metrics
+from bot.models import RunStatus
+from bot.runner import LiveRuns, Runner
+from handlers import render
+from handlers.app import BotDeps, build_app
+from handlers.pacer import Budget, Pacer, PacerConfig, SlackCallFailed
+from storage.db import create_engine, upgrade
+from storage.repository import SqlRunStore
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_BY_RESTART = "the bot restarted while this run was in progress"
+INTERRUPTED_BY_SHUTDOWN = "the bot was shut down while this run was in progress"
+FINAL_WRITE_GRACE = 15.0
+
+
+@dataclass
+class Parts:
+    """Everything the service is made of, for tests and the playground to reach into."""
+
+    settings: Settings
+    engine: AsyncEngine
+    store: SqlRunStore
+    metrics: Metrics
+    client: AsyncWebClient
+    pacer: Pacer
+    runner: Runner
+    agents: AgentRegistry
+    bolt: AsyncApp
+
+
+async def build_parts(
+    settings: Settings, config: AppConfig, *, model: Model | None = None
+) -> Parts:
+    """Build and connect every part; creates or upgrades the database schema.
+
+    `model`, when given, replaces every agent's model (tests and benchmarks).
+    """
+    agents = AgentRegistry(config, settings, model=model)
+    engine = create_engine(settings.database_url)
+    try:
+        await upgrade(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
+    store = SqlRunStore(engine)
+    metrics = Metrics()
+    # No rate-limit retry handler: the pacer owns 429s.
+    client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    pacer = Pacer(
+        client,
+        config=PacerConfig(
+            interval=settings.update_interval,
+            chat_update=Budget(per_minute=settings.chat_update_per_minute, burst=5),
+        ),
+        metrics=metrics,
+    )
+    runner = Runner(store=store, metrics=metrics, live=LiveRuns())
+    deps = BotDeps(
+        settings=settings, config=config, agents=agents, runner=runner, store=store, pacer=pacer
+    )
+    bolt = build_app(deps, client)
+    return Parts(settings, engine, store, metrics, client, pacer, runner, agents, bolt)
+
+
+class Service:
+    """The running bot: HTTP endpoints, optional Socket Mode, recovery and graceful shutdown."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self._draining = False
+        self._web: web.AppRunner | None = None
+        self._socket: AsyncSocketModeHandler | None = None
+        self.port: int | None = None
+
+    def web_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/slack/events", self._slack_events)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(
+        self, *, host: str, port: int, socket_mode: bool = False, app: web.Application | None = None
+    ) -> None:
+        """Recover from an earlier crash, then listen on `host:port` (0 picks a free port)."""
+        await self.recover()
+        self._web = web.AppRunner(app or self.web_app(), handle_signals=False, access_log=None)
+        await self._web.setup()
+        site = web.TCPSite(self._web, host, port)
+        await site.start()
+        self.port = self._web.addresses[0][1]
+        if socket_mode:
+            token = self.parts.settings.slack_app_token
+            self._socket = AsyncSocketModeHandler(self.parts.bolt, token)
+            await self._socket.connect_async()
+        log.info(
+            "agentbot listening on http://%s:%s (%s)",
+            host,
+            self.port,
+            "Socket Mode" if socket_mode else "HTTP",
+        )
+
+    async def recover(self) -> None:
+        """Mark runs a crash left `running` as interrupted and say so in their messages."""
+        for run in await self.parts.store.mark_interrupted(INTERRUPTED_BY_RESTART):
+            if not (run.channel_id and run.message_ts):
+                continue
+            first = render.final_messages(run)[0]
+            try:
+                await self.parts.pacer.workspace(run.team_id).call(
+                    "chat.update",
+                    channel=run.channel_id,
+                    ts=run.message_ts,
+                    text=first.text,
+                    blocks=first.blocks,
+                )
+            except SlackCallFailed as exc:
+                log.warning("could not mark run %s interrupted in Slack: %s", run.id, exc)
+
+    async def stop(self, *, grace: float) -> None:
+        """Stop taking requests, let live runs finish for `grace` seconds, interrupt the rest."""
+        self._draining = True
+        if self._socket is not None:
+            await self._socket.close_async()
+        live = self.parts.runner.live
+        if not await live.wait_idle(grace):
+            stopped = live.stop_all(status=RunStatus.INTERRUPTED, reason=INTERRUPTED_BY_SHUTDOWN)
+            log.info("interrupting %d run(s) still live after %.0f s", stopped, grace)
+            await live.wait_idle(FINAL_WRITE_GRACE)
+        if self._web is not None:
+            await self._web.cleanup()
+        await self.parts.pacer.close()
+        await self.parts.engine.dispose()
+
+    async def _slack_events(self, request: web.Request) -> web.Response:
+        if self._draining:
+            # Slack retries unacknowledged requests: another instance, or this one restarted,
+            # takes it.
+            return web.Response(status=503, text="shutting down")
+        response = await self.parts.bolt.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(response)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self._draining:
+            return web.json_response({"ok": False, "reason": "shutting down"}, status=503)
+        try:
+            await asyncio.wait_for(self.parts.store.ping(), timeout=2.0)
+        except Exception as exc:
+            return web.json_response(
+                {"ok": False, "reason": f"database: {type(exc).__name__}"}, status=503
+            )
+        return web.json_response({"ok": True, "live_runs": len(self.parts.runner.live)})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.parts.metrics.render(),
+            headers={"Content-Type": self.parts.metrics.content_type},
+        )

@@ -1,0 +1,1 @@
+"""Everything Slack-specific: Bolt listeners, rendering, sinks and the pacer."""

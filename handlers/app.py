@@ -1,0 +1,48 @@
+"""Builds the Bolt app and registers every listener."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.agents import AgentRegistry
+from bot.config import AppConfig, Settings
+from bot.ports import RunStore
+from bot.runner import Runner
+from handlers import actions, commands
+from handlers.pacer import Pacer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BotDeps:
+    """What the listeners need, built by the composition root."""
+
+    settings: Settings
+    config: AppConfig
+    agents: AgentRegistry
+    runner: Runner
+    store: RunStore
+    pacer: Pacer
+
+    def is_admin(self, user_id: str) -> bool:
+        return user_id in self.settings.admins
+
+
+def build_app(deps: BotDeps, client: AsyncWebClient) -> AsyncApp:
+    """The Bolt app with every listener."""
+    app = AsyncApp(
+        client=client,
+        # Socket Mode requests are not signed (the app token authenticates the socket), and
+        # Bolt skips verification for them; "" keeps Bolt from reading the environment.
+        signing_secret=deps.settings.slack_signing_secret or "",
+        process_before_response=False,
+        raise_error_for_unhandled_request=False,
+    )
+    commands.register(app, deps)
+    actions.register(app, deps)
+    return app

@@ -1,0 +1,363 @@
+"""One budget of Slack write calls per workspace, shared fairly by every live message.
+
+Live messages never edit per token: each keeps only its latest text, and one sender task
+per workspace decides which message to refresh next (DESIGN.md §4):
+
+- a message is refreshed at most once per `interval` (finals excepted);
+- final texts go first, then the message whose visible text is the most stale;
+- a token bucket per method keeps the workspace under Slack's tier (50 `chat.update` a
+  minute with a small burst by default), and a 429 pauses that method for `Retry-After`,
+  after which the *latest* text is sent, never a stale one.
+
+`chat.postMessage` is paced separately, about one a second per channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+# ok:false answers that no retry can fix: the message or channel is gone or not ours.
+PERMANENT_ERRORS = frozenset(
+    {
+        "message_not_found",
+        "channel_not_found",
+        "cant_update_message",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "missing_scope",
+        "invalid_blocks",
+        "msg_too_long",
+    }
+)
+MAX_TRANSIENT_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A Slack rate tier: `per_minute` calls on average with bursts of `burst`."""
+
+    per_minute: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class PacerConfig:
+    interval: float = 1.0
+    chat_update: Budget = Budget(per_minute=50, burst=5)
+    post_per_channel: Budget = Budget(per_minute=60, burst=3)
+
+
+class SlackCallFailed(Exception):
+    """A Slack write that failed for good; `error` is Slack's error code or a short reason."""
+
+    def __init__(self, method: str, error: str) -> None:
+        super().__init__(f"{method}: {error}")
+        self.method = method
+        self.error = error
+
+
+class TokenBucket:
+    def __init__(self, budget: Budget, clock: Clock) -> None:
+        self._rate = budget.per_minute / 60.0
+        self._capacity = float(budget.burst)
+        self._tokens = float(budget.burst)
+        self._clock = clock
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+
+    def wait_time(self) -> float:
+        """Seconds until a token is available (0 if one is now)."""
+        self._refill()
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self._rate
+
+    def take(self) -> None:
+        self._refill()
+        self._tokens -= 1
+
+
+@dataclass(eq=False)
+class LiveMessage:
+    """A Slack message being edited: its latest wanted content and what has been sent."""
+
+    channel: str
+    ts: str
+    _pacer: WorkspacePacer = field(repr=False)
+    latest: tuple[str, list[dict[str, Any]]] | None = None
+    final: bool = False
+    dirty: bool = False
+    last_sent: float = float("-inf")
+    writes: int = 0
+    failures: int = 0
+    error: str | None = None
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set(self, text: str, blocks: list[dict[str, Any]], *, final: bool = False) -> None:
+        """Replace the wanted content; cheap, never waits. Sets after a final are ignored."""
+        if self.final or self.error is not None:
+            return
+        self.latest = (text, blocks)
+        self.final = final
+        self.dirty = True
+        self._pacer._wake.set()
+
+    async def wait_delivered(self) -> None:
+        """Wait until the final content is in Slack (or the message failed for good)."""
+        await self.delivered.wait()
+        if self.error is not None:
+            raise SlackCallFailed("chat.update", self.error)
+
+
+class WorkspacePacer:
+    """The sender for one workspace; owns its write budget and its live messages."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        *,
+        config: PacerConfig,
+        metrics: Metrics,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._update_bucket = TokenBucket(config.chat_update, clock)
+        self._paused_until: dict[str, float] = {}
+        self._channel_buckets: dict[str, TokenBucket] = {}
+        self._channel_locks: dict[str, asyncio.Lock] = {}
+        self._messages: set[LiveMessage] = set()
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+
+    # -- live messages (chat.update) -------------------------------------------------------
+
+    def track(self, channel: str, ts: str) -> LiveMessage:
+        """Start pacing edits of the message `ts` in `channel`."""
+        message = LiveMessage(channel=channel, ts=ts, _pacer=self)
+        message.last_sent = self._clock()  # it was just posted
+        self._messages.add(message)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_loop(), name="slack-pacer")
+        return message
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(1 for message in self._messages if message.dirty)
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except asyncio.CancelledError:
+                pass
+
+    async def _send_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            message, wait = self._pick()
+            if message is None:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+                continue
+            gate = max(self._update_bucket.wait_time(), self._pause_left("chat.update"))
+            if gate > 0:
+                await asyncio.sleep(gate)
+                continue  # re-pick: a final may have arrived meanwhile
+            self._update_bucket.take()
+            await self._send(message)
+
+    def _pick(self) -> tuple[LiveMessage | None, float | None]:
+        """The message to send now, else None and how long until one is due."""
+        now = self._clock()
+        best: LiveMessage | None = None
+        soonest: float | None = None
+        for message in self._messages:
+            if not message.dirty:
+                continue
+            due = message.last_sent + self._config.interval
+            if message.final or due <= now:
+                if best is None or (message.final, -message.last_sent) > (
+                    best.final,
+                    -best.last_sent,
+                ):
+                    best = message
+            else:
+                soonest = due - now if soonest is None else min(soonest, due - now)
+        return best, (None if best else soonest)
+
+    async def _send(self, message: LiveMessage) -> None:
+        assert message.latest is not None
+        text, blocks = message.latest
+        was_final = message.final
+        message.dirty = False
+        message.writes += 1
+        try:
+            await self._call(
+                "chat.update", channel=message.channel, ts=message.ts, text=text, blocks=blocks
+            )
+        except RateLimited:
+            message.dirty = True  # the latest text goes out once the pause is over
+            return
+        except SlackCallFailed as exc:
+            if exc.error in PERMANENT_ERRORS or message.failures >= MAX_TRANSIENT_FAILURES:
+                log.warning("giving up on message %s in %s: %s", message.ts, message.channel, exc)
+                message.error = exc.error
+                self._retire(message)
+                return
+            message.failures += 1
+            message.dirty = True
+            message.last_sent = self._clock()  # back off one interval before the retry
+            return
+        message.failures = 0
+        message.last_sent = self._clock()
+        if was_final and not message.dirty:
+            self._retire(message)
+
+    def _retire(self, message: LiveMessage) -> None:
+        self._messages.discard(message)
+        message.dirty = False
+        message.delivered.set()
+
+    # -- new messages (chat.postMessage) ---------------------------------------------------
+
+    async def post(self, channel: str, **kwargs: Any) -> dict[str, Any]:
+        """`chat.postMessage`, about one a second per channel; waits out 429s (bounded).
+
+        Raises `SlackCallFailed` when Slack refuses for good.
+        """
+        bucket = self._channel_buckets.setdefault(
+            channel, TokenBucket(self._config.post_per_channel, self._clock)
+        )
+        lock = self._channel_locks.setdefault(channel, asyncio.Lock())
+        failures = 0
+        async with lock:  # keeps one channel's posts in order
+            while True:
+                gate = max(bucket.wait_time(), self._pause_left("chat.postMessage"))
+                if gate > 0:
+                    await asyncio.sleep(gate)
+                    continue
+                bucket.take()
+                try:
+                    return await self._call("chat.postMessage", channel=channel, **kwargs)
+                except RateLimited:
+                    continue
+                except SlackCallFailed as exc:
+                    failures += 1
+                    if exc.error in PERMANENT_ERRORS or failures > MAX_TRANSIENT_FAILURES:
+                        raise
+                    await asyncio.sleep(min(2.0**failures * 0.25, 4.0))
+
+    async def call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        """Any other Slack call, counted and honouring a pause from an earlier 429."""
+        pause = self._pause_left(method)
+        if pause > 0:
+            await asyncio.sleep(pause)
+        try:
+            return await self._call(method, **kwargs)
+        except RateLimited as exc:
+            raise SlackCallFailed(method, "ratelimited") from exc
+
+    # -- the one place that talks to Slack ------------------------------------------------
+
+    def _pause_left(self, method: str) -> float:
+        return max(0.0, self._paused_until.get(method, 0.0) - self._clock())
+
+    async def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await self._client.api_call(method, json=_drop_none(kwargs))
+        except SlackApiError as exc:
+            status = exc.response.status_code
+            if status == 429:
+                retry_after = _retry_after(exc.response.headers)
+                self._paused_until[method] = self._clock() + retry_after
+                self._metrics.slack_call(method, "ratelimited")
+                log.info("%s rate limited; pausing it %.1f s", method, retry_after)
+                raise RateLimited(retry_after) from exc
+            error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
+            self._metrics.slack_call(method, "error" if error else "unreachable")
+            raise SlackCallFailed(method, error or f"HTTP {status}") from exc
+        except (SlackClientError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self._metrics.slack_call(method, "unreachable")
+            raise SlackCallFailed(method, f"unreachable ({type(exc).__name__})") from exc
+        self._metrics.slack_call(method, "ok")
+        return dict(response.data) if isinstance(response.data, dict) else {}
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited for {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Pacer:
+    """One `WorkspacePacer` per Slack workspace (team id)."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        *,
+        config: PacerConfig,
+        metrics: Metrics,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._workspaces: dict[str, WorkspacePacer] = {}
+
+    def workspace(self, team_id: str | None) -> WorkspacePacer:
+        key = team_id or "-"
+        pacer = self._workspaces.get(key)
+        if pacer is None:
+            pacer = WorkspacePacer(
+                self._client, config=self._config, metrics=self._metrics, clock=self._clock
+            )
+            self._workspaces[key] = pacer
+        return pacer
+
+    async def close(self) -> None:
+        for pacer in self._workspaces.values():
+            await pacer.close()
+
+
+def _retry_after(headers: Any) -> float:
+    for key, value in (headers or {}).items():
+        if key.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list) else value
+            try:
+                return max(0.0, float(raw))
+            except (TypeError, ValueError):
+                break
+    return 1.0
+
+
+def _drop_none(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in kwargs.items() if value is not None}

@@ -1,0 +1,89 @@
+"""Slack sinks: show a run's progress in Slack by editing one message through the pacer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from bot.errors import InputError, RunFailed
+from bot.models import Progress, RunRecord
+from handlers import render
+from handlers.pacer import SlackCallFailed, WorkspacePacer
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[str], Awaitable[None]]
+"""Tells the requesting user something privately (an ephemeral reply)."""
+
+NOT_IN_CHANNEL = "I'm not in this channel yet: invite me with `/invite @agentbot`, then try again."
+
+
+class SlackEditSink:
+    """Posts one message when the run starts and edits it as text arrives (`chat.update`).
+
+    The final answer replaces the live message; text beyond one message's limit continues
+    in thread replies, in order.
+    """
+
+    def __init__(
+        self,
+        pacer: WorkspacePacer,
+        *,
+        channel: str,
+        notify: Notify,
+        thread_ts: str | None = None,
+    ) -> None:
+        self._pacer = pacer
+        self._channel = channel
+        self._notify = notify
+        self._thread_ts = thread_ts
+        self._posts = 0
+        self._live = None
+        self._run: RunRecord | None = None
+
+    @property
+    def writes(self) -> int:
+        return self._posts + (self._live.writes if self._live else 0)
+
+    async def start(self, run: RunRecord) -> None:
+        self._run = run
+        first = render.live_message(run, "", None)
+        try:
+            self._posts += 1
+            posted = await self._pacer.post(
+                self._channel, text=first.text, blocks=first.blocks, thread_ts=self._thread_ts
+            )
+        except SlackCallFailed as exc:
+            if exc.error in ("not_in_channel", "channel_not_found"):
+                await self._notify(NOT_IN_CHANNEL)
+                raise InputError(
+                    f"the bot is not in channel {self._channel} ({exc.error})"
+                ) from exc
+            await self._notify(f"⚠️ I could not post in this channel ({exc.error}).")
+            raise RunFailed(f"could not post the message ({exc.error})") from exc
+        run.message_ts = posted["ts"]
+        run.thread_ts = self._thread_ts
+        self._live = self._pacer.track(self._channel, run.message_ts)
+
+    def progress(self, text: str, progress: Progress) -> None:
+        if self._live is None or self._run is None:
+            return
+        message = render.live_message(self._run, text, progress)
+        self._live.set(message.text, message.blocks)
+
+    async def finish(self, run: RunRecord) -> None:
+        assert self._live is not None, "finish() before start()"
+        first, *rest = render.final_messages(run)
+        self._live.set(first.text, first.blocks, final=True)
+        try:
+            await self._live.wait_delivered()
+        except SlackCallFailed as exc:
+            # The message is gone (deleted, channel archived): post the end as a new message.
+            log.warning("run %s: final edit failed (%s); posting it anew", run.id, exc.error)
+            rest = [first, *rest]
+        reply_to = self._thread_ts or run.message_ts
+        for message in rest:
+            self._posts += 1
+            await self._pacer.post(
+                self._channel, text=message.text, blocks=message.blocks, thread_ts=reply_to
+            )

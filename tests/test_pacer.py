@@ -1,0 +1,133 @@
+"""The pacer against the emulator: interval, shared budget, finals first, 429 pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.metrics import Metrics
+from handlers.pacer import Budget, PacerConfig, SlackCallFailed, TokenBucket, WorkspacePacer
+from tests.conftest import BOT_TOKEN
+
+
+def make_pacer(emulator, **config) -> WorkspacePacer:
+    client = AsyncWebClient(token=BOT_TOKEN, base_url=emulator.api_url)
+    return WorkspacePacer(client, config=PacerConfig(**config), metrics=Metrics())
+
+
+async def post(pacer: WorkspacePacer, channel: str = "C1") -> str:
+    return (await pacer.post(channel, text="live"))["ts"]
+
+
+def test_token_bucket_refills_at_its_rate():
+    now = [0.0]
+    bucket = TokenBucket(Budget(per_minute=60, burst=2), lambda: now[0])
+    bucket.take()
+    bucket.take()
+    assert bucket.wait_time() == 1.0
+    now[0] = 0.5
+    assert bucket.wait_time() == 0.5
+    now[0] = 10.0
+    assert bucket.wait_time() == 0.0
+    bucket.take()
+    bucket.take()
+    assert bucket.wait_time() > 0, "capacity is the burst, not the idle time"
+
+
+async def test_only_the_latest_text_is_sent_at_the_interval(emulator):
+    pacer = make_pacer(emulator, interval=0.3)
+    ts = await post(pacer)
+    live = pacer.track("C1", ts)
+    for i in range(200):  # a burst of tokens inside one interval
+        live.set(f"text {i}", [])
+    live.set("the end", [], final=True)
+    await live.wait_delivered()
+    updates = emulator.calls_to("chat.update")
+    assert len(updates) <= 2, "no edit per token"
+    assert emulator.message("C1", ts).text == "the end"
+    await pacer.close()
+
+
+async def test_interval_is_kept_between_edits_of_one_message(emulator):
+    pacer = make_pacer(emulator, interval=0.2)
+    ts = await post(pacer)
+    live = pacer.track("C1", ts)
+    for i in range(6):
+        live.set(f"v{i}", [])
+        await emulator.wait_for(lambda i=i: emulator.message("C1", ts).text == f"v{i}")
+    at = [c.at for c in emulator.calls_to("chat.update")]
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    assert min(gaps) >= 0.19
+    await pacer.close()
+
+
+async def test_budget_is_shared_fairly_and_finals_go_first(emulator):
+    # 120 updates a minute with no burst: one every 0.5 s for the whole workspace.
+    pacer = make_pacer(emulator, interval=0.01, chat_update=Budget(per_minute=120, burst=1))
+    live = [pacer.track("C1", await post(pacer)) for _ in range(4)]
+    for round_ in range(3):
+        for i, message in enumerate(live):
+            message.set(f"m{i} r{round_}", [])
+    # Four dirty messages, one token every 0.5 s: each gets one edit before any gets two.
+    await emulator.wait_for(lambda: len(emulator.calls_to("chat.update")) >= 4, timeout=5)
+    first_four = [c.args["ts"] for c in emulator.calls_to("chat.update")[:4]]
+    assert sorted(first_four) == sorted(m.ts for m in live)
+    # A final jumps the queue.
+    for i, message in enumerate(live[:3]):
+        message.set(f"m{i} later", [])
+    live[3].set("m3 final", [], final=True)
+    await live[3].wait_delivered()
+    after = emulator.calls_to("chat.update")[4:]
+    assert after[0].args["ts"] == live[3].ts
+    await pacer.close()
+
+
+async def test_429_pauses_the_method_then_sends_the_latest_text(emulator):
+    pacer = make_pacer(emulator, interval=0.05)
+    ts = await post(pacer)
+    live = pacer.track("C1", ts)
+    emulator.inject("chat.update", status=429, retry_after=1, times=1)
+    live.set("first", [])
+    await emulator.wait_for(lambda: len(emulator.calls_to("chat.update")) == 1)
+    live.set("newer", [])
+    live.set("newest", [], final=True)
+    await live.wait_delivered()
+    calls = emulator.calls_to("chat.update")
+    assert [c.status for c in calls] == [429, 200]
+    assert calls[1].args["text"] == "newest", "after the pause the latest text, not a stale one"
+    assert calls[1].at - calls[0].at >= 0.95
+    # chat.postMessage was not paused by chat.update's 429.
+    assert (await pacer.post("C1", text="still posting"))["ok"]
+    await pacer.close()
+
+
+async def test_server_errors_are_retried_and_permanent_ones_give_up(emulator):
+    pacer = make_pacer(emulator, interval=0.01)
+    ts = await post(pacer)
+    live = pacer.track("C1", ts)
+    emulator.inject("chat.update", status=500, times=2)
+    live.set("made it", [], final=True)
+    await live.wait_delivered()
+    assert emulator.message("C1", ts).text == "made it"
+
+    gone = pacer.track("C1", "1.000000")  # a message that does not exist
+    gone.set("lost", [], final=True)
+    try:
+        await asyncio.wait_for(gone.wait_delivered(), 5)
+    except SlackCallFailed as exc:
+        assert exc.error == "message_not_found"
+    else:
+        raise AssertionError("expected the pacer to give up")
+    await pacer.close()
+
+
+async def test_posts_to_one_channel_are_spaced(emulator):
+    pacer = make_pacer(emulator, post_per_channel=Budget(per_minute=600, burst=1))
+    for i in range(4):
+        await pacer.post("C1", text=f"p{i}")
+    at = [c.at for c in emulator.calls_to("chat.postMessage")]
+    assert all(b - a >= 0.09 for a, b in itertools.pairwise(at))
+    assert [m.text for m in emulator.messages("C1")] == ["p0", "p1", "p2", "p3"]
+    await pacer.close()

@@ -1,0 +1,46 @@
+"""The real provider path: `openai-chat:` against an OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic_ai import models
+
+from bot.models import RunStatus
+from tests.openai_server import FakeOpenAI
+from tests.test_ask import answer_text
+
+
+@pytest.fixture
+async def fake_openai(monkeypatch: pytest.MonkeyPatch):
+    server = FakeOpenAI(chunks=["Hello", " from", " a real", " provider", " path."])
+    await server.start()
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setattr(models, "ALLOW_MODEL_REQUESTS", True)  # only loopback is reachable here
+    yield server
+    await server.close()
+
+
+async def test_openai_chat_model_streams_into_slack(start_bot, emulator, fake_openai):
+    bot = await start_bot(AGENTBOT_MODEL="openai-chat:gpt-test")
+    await bot.command("hello provider")
+    [run] = await bot.wait_for_run()
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.output == "Hello from a real provider path."
+    assert run.model == "openai-chat:gpt-test"
+    # Token counts come from the provider's usage chunk, exactly.
+    assert (run.input_tokens, run.output_tokens, run.requests) == (11, 7, 1)
+    [request] = fake_openai.requests
+    assert request["model"] == "gpt-test" and request["stream"] is True
+    assert request["messages"][-1]["content"] == "hello provider"
+    assert answer_text(emulator.messages("C123")[0]) == run.output
+
+
+async def test_provider_http_error_is_shown_and_recorded(start_bot, emulator, fake_openai):
+    fake_openai.fail_status = 400
+    bot = await start_bot(AGENTBOT_MODEL="openai-chat:gpt-test")
+    await bot.command("hello provider")
+    [run] = await bot.wait_for_run()
+    assert run.status is RunStatus.FAILED
+    assert "HTTP 400" in run.error
+    assert len(fake_openai.requests) == 1, "a 400 is not transient: no retry"

@@ -1,0 +1,160 @@
+"""The runner on its own: a recording sink and the in-memory store, no Slack at all."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from pydantic_ai import Agent
+from pydantic_ai.exceptions import ModelRateLimitError
+
+from bot.errors import InputError
+from bot.memory_store import MemoryRunStore
+from bot.metrics import Metrics
+from bot.models import Progress, RunKind, RunRecord, RunStatus
+from bot.runner import LiveRuns, Runner, RunPolicy
+from tests.scripted import ScriptedModel
+
+
+@dataclass
+class RecordingSink:
+    fail_start: Exception | None = None
+    events: list[tuple[str, object]] = field(default_factory=list)
+    progressed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def writes(self) -> int:
+        return len(self.events)
+
+    async def start(self, run: RunRecord) -> None:
+        if self.fail_start:
+            raise self.fail_start
+        run.message_ts = "1.0"
+        self.events.append(("start", run.status))
+
+    def progress(self, text: str, progress: Progress) -> None:
+        self.events.append(("progress", text))
+        self.progressed.set()
+
+    async def finish(self, run: RunRecord) -> None:
+        self.events.append(("finish", run.status))
+
+
+def make_runner() -> tuple[Runner, MemoryRunStore]:
+    store = MemoryRunStore()
+    return Runner(store=store, metrics=Metrics(), live=LiveRuns()), store
+
+
+def agent_for(script: ScriptedModel) -> Agent[None, str]:
+    return Agent(script.model())
+
+
+async def test_stream_reaches_the_sink_in_order_and_is_recorded():
+    runner, store = make_runner()
+    script = ScriptedModel(["a", "b", "c"])
+    sink = RecordingSink()
+    run = await runner.run(
+        agent_for(script), RunRecord(kind=RunKind.ASK, prompt="p"), sink=sink, policy=RunPolicy()
+    )
+    assert [e for e in sink.events if e[0] == "progress"] == [
+        ("progress", "a"),
+        ("progress", "ab"),
+        ("progress", "abc"),
+    ]
+    assert sink.events[0] == ("start", RunStatus.RUNNING) and sink.events[-1] == (
+        "finish",
+        RunStatus.SUCCEEDED,
+    )
+    stored = await store.get(run.id)
+    assert stored is not None and stored.status is RunStatus.SUCCEEDED and stored.output == "abc"
+    assert stored.slack_writes == len(sink.events)
+    assert stored.started_at <= stored.first_token_at <= stored.finished_at
+
+
+async def test_run_is_recorded_before_the_sink_starts():
+    runner, store = make_runner()
+    seen: list[RunStatus | None] = []
+
+    class Probe(RecordingSink):
+        async def start(self, run: RunRecord) -> None:
+            stored = await store.get(run.id)
+            seen.append(stored.status if stored else None)
+            await super().start(run)
+
+    await runner.run(
+        agent_for(ScriptedModel(["x"])),
+        RunRecord(kind=RunKind.ASK, prompt="p"),
+        sink=Probe(),
+        policy=RunPolicy(),
+    )
+    assert seen == [RunStatus.RUNNING]
+
+
+async def test_sink_refusal_fails_the_run_without_calling_the_model():
+    runner, store = make_runner()
+    script = ScriptedModel(["x"])
+    sink = RecordingSink(fail_start=InputError("not in channel"))
+    run = await runner.run(
+        agent_for(script), RunRecord(kind=RunKind.ASK, prompt="p"), sink=sink, policy=RunPolicy()
+    )
+    assert run.status is RunStatus.FAILED and run.error == "not in channel"
+    assert script.calls == [] and sink.events == []
+    assert (await store.get(run.id)).status is RunStatus.FAILED
+
+
+async def test_retries_are_bounded_and_honour_retry_after():
+    runner, _ = make_runner()
+    error = ModelRateLimitError("m", "slow down", retry_after=0.05)
+    script = ScriptedModel(["x"], error=error, fail_first=10)
+    policy = RunPolicy(retries=3, backoff_base=0.001)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    run = await runner.run(
+        agent_for(script),
+        RunRecord(kind=RunKind.ASK, prompt="p"),
+        sink=RecordingSink(),
+        policy=policy,
+    )
+    assert run.status is RunStatus.FAILED and "slow down" in run.error
+    assert len(script.calls) == 4
+    assert loop.time() - started >= 3 * 0.05
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    policy = RunPolicy(backoff_base=1.0, backoff_max=5.0)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (10, 5.0)]:
+        delays = [policy.backoff(attempt) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling / 2, "jitter spreads over the whole range"
+
+
+async def test_total_timeout_is_separate_from_the_idle_timeout():
+    runner, _ = make_runner()
+    script = ScriptedModel(["tick "] * 100, delay=0.02)  # a token every 20 ms: never idle
+    policy = RunPolicy(idle_timeout=0.5, total_timeout=0.3)
+    run = await runner.run(
+        agent_for(script),
+        RunRecord(kind=RunKind.ASK, prompt="p"),
+        sink=RecordingSink(),
+        policy=policy,
+    )
+    assert run.status is RunStatus.FAILED and "did not finish within 0.3 s" in run.error
+    assert run.output.startswith("tick tick")
+
+
+async def test_stop_cancels_with_the_text_so_far():
+    runner, _ = make_runner()
+    script = ScriptedModel(["one ", "two ", "three"], hang_after=2)
+    sink = RecordingSink()
+    record = RunRecord(kind=RunKind.ASK, prompt="p")
+    task = asyncio.create_task(runner.run(agent_for(script), record, sink=sink, policy=RunPolicy()))
+    while len([e for e in sink.events if e[0] == "progress"]) < 2:
+        sink.progressed.clear()
+        await sink.progressed.wait()
+    assert runner.live.stop(record.id, status=RunStatus.CANCELLED, reason="Stopped by <@U1>")
+    run = await task
+    assert run.status is RunStatus.CANCELLED and run.error == "Stopped by <@U1>"
+    assert run.output == "one two "
+    assert sink.events[-1] == ("finish", RunStatus.CANCELLED)
+    assert len(runner.live) == 0
+    assert not runner.live.stop(run.id, status=RunStatus.CANCELLED, reason="again")
