@@ -23,6 +23,7 @@ from bot.config import AppConfig, Settings
 from bot.metrics import Metrics
 from bot.models import RunStatus
 from bot.runner import LiveRuns, Runner
+from bot.tasks import BackgroundTasks
 from handlers import render
 from handlers.app import BotDeps, build_app
 from handlers.pacer import Budget, Pacer, PacerConfig, SlackCallFailed
@@ -49,6 +50,7 @@ class Parts:
     runner: Runner
     agents: AgentRegistry
     bolt: AsyncApp
+    background: BackgroundTasks
 
 
 async def build_parts(
@@ -78,11 +80,18 @@ async def build_parts(
         metrics=metrics,
     )
     runner = Runner(store=store, metrics=metrics, live=LiveRuns())
+    background = BackgroundTasks()
     deps = BotDeps(
-        settings=settings, config=config, agents=agents, runner=runner, store=store, pacer=pacer
+        settings=settings,
+        config=config,
+        agents=agents,
+        runner=runner,
+        store=store,
+        pacer=pacer,
+        background=background,
     )
     bolt = build_app(deps, client)
-    return Parts(settings, engine, store, metrics, client, pacer, runner, agents, bolt)
+    return Parts(settings, engine, store, metrics, client, pacer, runner, agents, bolt, background)
 
 
 class Service:
@@ -145,11 +154,12 @@ class Service:
         self._draining = True
         if self._socket is not None:
             await self._socket.close_async()
-        live = self.parts.runner.live
-        if not await live.wait_idle(grace):
+        work = self.parts.background
+        if not await work.wait(grace):
+            live = self.parts.runner.live
             stopped = live.stop_all(status=RunStatus.INTERRUPTED, reason=INTERRUPTED_BY_SHUTDOWN)
             log.info("interrupting %d run(s) still live after %.0f s", stopped, grace)
-            await live.wait_idle(FINAL_WRITE_GRACE)
+            await work.wait(FINAL_WRITE_GRACE)
         if self._web is not None:
             await self._web.cleanup()
         await self.parts.pacer.close()

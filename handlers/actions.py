@@ -21,7 +21,7 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
     async def stop(
         ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
     ) -> None:
-        await ack()
+        await ack()  # the rest is quick: no need to hand it to the background
         run_id = action.get("value", "")
         user_id = (body.get("user") or {}).get("id", "")
         run = deps.runner.live.get(run_id)

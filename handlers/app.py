@@ -12,6 +12,7 @@ from bot.agents import AgentRegistry
 from bot.config import AppConfig, Settings
 from bot.ports import RunStore
 from bot.runner import Runner
+from bot.tasks import BackgroundTasks
 from handlers import actions, commands
 from handlers.pacer import Pacer
 
@@ -28,6 +29,7 @@ class BotDeps:
     runner: Runner
     store: RunStore
     pacer: Pacer
+    background: BackgroundTasks
 
     def is_admin(self, user_id: str) -> bool:
         return user_id in self.settings.admins
@@ -40,7 +42,9 @@ def build_app(deps: BotDeps, client: AsyncWebClient) -> AsyncApp:
         # Socket Mode requests are not signed (the app token authenticates the socket), and
         # Bolt skips verification for them; "" keeps Bolt from reading the environment.
         signing_secret=deps.settings.slack_signing_secret or "",
-        process_before_response=False,
+        # Listeners ack, hand the work to `deps.background` and return, so the ack goes out
+        # at once (Bolt's default mode polls for the ack every 10 ms).
+        process_before_response=True,
         raise_error_for_unhandled_request=False,
     )
     commands.register(app, deps)

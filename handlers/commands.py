@@ -62,7 +62,9 @@ def _ask_listener(deps: BotDeps, *, agent_name: str):
         policy = RunPolicy(
             idle_timeout=spec.idle_timeout, total_timeout=spec.total_timeout, retries=spec.retries
         )
-        await deps.runner.run(built.agent, run, sink=sink, policy=policy)
+        deps.background.spawn(
+            deps.runner.run(built.agent, run, sink=sink, policy=policy), name=f"run-{run.id}"
+        )
 
     return ask
 
