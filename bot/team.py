@@ -1,0 +1,339 @@
+"""Several agents on one request: a team (plan → concurrent subtasks → synthesis), a pipeline
+(stages in order, each feeding the next) and a comparison (one prompt, several models).
+
+Each is a parent run with child runs. The parent shows itself on a `Board`; every child
+streams into its own reply in the board's thread through the ordinary `Runner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from bot.agents import AgentRegistry, BuiltAgent
+from bot.board import BoardItem, BoardView, ItemStatus
+from bot.config import PipelineSpec, TeamSpec
+from bot.errors import BotError, ConfigError
+from bot.models import RunKind, RunRecord, RunStatus, utcnow
+from bot.plan import Plan, Subtask, normalise_plan, planner_prompt, subtask_prompt, synthesis_prompt
+from bot.ports import Board, RunStore
+from bot.runner import LiveRun, Runner, RunPolicy
+
+log = logging.getLogger(__name__)
+
+
+def policy_for(built: BuiltAgent) -> RunPolicy:
+    spec = built.spec
+    return RunPolicy(
+        idle_timeout=spec.idle_timeout,
+        total_timeout=spec.total_timeout,
+        retries=spec.retries,
+        token_budget=spec.token_budget,
+    )
+
+
+class Orchestrator:
+    """Runs teams, pipelines and comparisons; records the parent and its children."""
+
+    def __init__(self, *, runner: Runner, agents: AgentRegistry, store: RunStore) -> None:
+        self._runner = runner
+        self._agents = agents
+        self._store = store
+
+    # -- team --------------------------------------------------------------------------------
+
+    async def team(self, parent: RunRecord, team: TeamSpec, board: Board) -> RunRecord:
+        view = BoardView(title="Team task", phase="planning…")
+
+        async def work(crew: Crew) -> None:
+            subtasks = await self._plan(parent, team)
+            view.items = [BoardItem(label=f"*{s.role.capitalize()}* — {s.title}") for s in subtasks]
+            view.phase = f"{len(subtasks)} agents working at once…"
+            board.show(view)
+            limit = asyncio.Semaphore(team.concurrency)
+
+            async def one(index: int, subtask: Subtask) -> RunRecord:
+                async with limit:
+                    return await crew.child(
+                        self._agents.get(subtask.role),
+                        kind=RunKind.SUBTASK,
+                        prompt=subtask_prompt(parent.prompt, subtask),
+                        heading=f"*{subtask.role.capitalize()}* — {subtask.title}",
+                        item=view.items[index],
+                    )
+
+            results = await crew.gather([one(i, s) for i, s in enumerate(subtasks)])
+            if not any(r.status is RunStatus.SUCCEEDED for r in results):
+                raise BotError("every subtask failed, so there is nothing to synthesise")
+            view.items.append(BoardItem(label="*Coordinator* — synthesis"))
+            view.phase = "writing the synthesis…"
+            board.show(view)
+            synthesis = await crew.child(
+                self._agents.get(team.coordinator),
+                kind=RunKind.SYNTHESIS,
+                prompt=synthesis_prompt(parent.prompt, subtasks, results),
+                heading="🧩 *Coordinator* — synthesis",
+                item=view.items[-1],
+            )
+            parent.output = synthesis.output
+            failed = [r.agent or "?" for r in results if r.status is not RunStatus.SUCCEEDED]
+            if synthesis.status is not RunStatus.SUCCEEDED:
+                raise BotError(f"the synthesis failed: {synthesis.error}")
+            if failed:
+                parent.error = (
+                    f"{len(failed)} of {len(results)} subtasks failed: {', '.join(failed)}"
+                )
+
+        return await self._orchestrate(parent, board, view, work)
+
+    async def _plan(self, parent: RunRecord, team: TeamSpec) -> list[Subtask]:
+        planner = self._agents.get(team.planner)
+        plan: Plan | None = None
+        try:
+            prompt = planner_prompt(parent.prompt, team)
+            async with (
+                asyncio.timeout(planner.spec.total_timeout),
+                planner.agent.run_stream(prompt, output_type=Plan) as result,
+            ):
+                plan = await result.get_output()
+                usage = result.usage
+            parent.input_tokens += usage.input_tokens or 0
+            parent.output_tokens += usage.output_tokens or 0
+            parent.requests += usage.requests or 0
+        except Exception as exc:  # any planner failure falls back to one subtask per role
+            log.warning("run %s: planner failed (%s); one subtask per role", parent.id, exc)
+        return normalise_plan(plan, parent.prompt, team)
+
+    # -- pipeline ----------------------------------------------------------------------------
+
+    async def pipeline(self, parent: RunRecord, pipeline: PipelineSpec, board: Board) -> RunRecord:
+        stages = pipeline.stages
+        view = BoardView(
+            title="Pipeline",
+            phase="starting…",
+            items=[
+                BoardItem(label=f"*{n}. {s.name}* ({s.agent})") for n, s in enumerate(stages, 1)
+            ],
+        )
+
+        async def work(crew: Crew) -> None:
+            previous = parent.prompt
+            for number, (stage, item) in enumerate(zip(stages, view.items, strict=True), start=1):
+                view.phase = f"stage {number} of {len(stages)}: {stage.name}…"
+                board.show(view)
+                run = await crew.child(
+                    self._agents.get(stage.agent),
+                    kind=RunKind.STAGE,
+                    prompt=stage.prompt.format(input=parent.prompt, previous=previous),
+                    heading=f"*Stage {number}: {stage.name}* ({stage.agent})",
+                    item=item,
+                )
+                if run.status is not RunStatus.SUCCEEDED:
+                    for later in view.items[number:]:
+                        later.status = ItemStatus.SKIPPED
+                    raise BotError(f"stage {number} ({stage.name}) failed: {run.error}")
+                previous = run.output
+            parent.output = previous
+
+        return await self._orchestrate(parent, board, view, work)
+
+    # -- compare -----------------------------------------------------------------------------
+
+    async def compare(
+        self, parent: RunRecord, agent: str, models: list[str], board: Board
+    ) -> RunRecord:
+        view = BoardView(
+            title="Model comparison",
+            phase=f"{len(models)} models answering at once…",
+            items=[BoardItem(label=f"`{model}`") for model in models],
+        )
+
+        async def one(crew: Crew, model: str, item: BoardItem) -> RunRecord:
+            try:
+                built = self._agents.with_model(agent, model)
+            except ConfigError as exc:  # a bad model string fails that model alone
+                item.status, item.detail = ItemStatus.FAILED, str(exc)
+                return await crew.refused(
+                    kind=RunKind.COMPARE, prompt=parent.prompt, model=model, error=str(exc)
+                )
+            run = await crew.child(
+                built,
+                kind=RunKind.COMPARE,
+                prompt=parent.prompt,
+                heading=f"🤖 `{model}`",
+                item=item,
+            )
+            item.detail = speed_line(run)
+            return run
+
+        async def work(crew: Crew) -> None:
+            results = await crew.gather(
+                [one(crew, model, item) for model, item in zip(models, view.items, strict=True)]
+            )
+            parent.output = "\n".join(
+                f"{m}: {speed_line(r)}" for m, r in zip(models, results, strict=True)
+            )
+            if not any(r.status is RunStatus.SUCCEEDED for r in results):
+                raise BotError("no model answered")
+
+        return await self._orchestrate(parent, board, view, work)
+
+    # -- the frame every kind shares -------------------------------------------------------
+
+    async def _orchestrate(
+        self,
+        parent: RunRecord,
+        board: Board,
+        view: BoardView,
+        work: Callable[[Crew], Awaitable[None]],
+    ) -> RunRecord:
+        parent.status = RunStatus.RUNNING
+        parent.started_at = utcnow()
+        started = time.monotonic()
+        await self._store.create(parent)
+        crew = Crew(self, parent, board, view)
+        with self._runner.live.track(parent) as live:
+            try:
+                await board.open(parent, view)
+                await self._store.save(parent)
+                await work(crew)
+                parent.status = RunStatus.SUCCEEDED
+            except asyncio.CancelledError:
+                if live.stop_reason is None:
+                    raise
+                live.absorb_stop()
+                await crew.stop(live)
+            except BotError as exc:
+                parent.status, parent.error = RunStatus.FAILED, str(exc)
+            except Exception as exc:  # a bug must still leave an honest record and message
+                log.exception("run %s crashed", parent.id)
+                parent.status, parent.error = (
+                    RunStatus.FAILED,
+                    f"internal error ({type(exc).__name__})",
+                )
+            crew.add_usage()
+            parent.finished_at = utcnow()
+            parent.duration_ms = round((time.monotonic() - started) * 1000)
+            view.phase = PHASES[parent.status]
+            view.summary = totals_line(parent)
+            if parent.message_ts is not None:
+                try:
+                    await board.close(parent, view)
+                except Exception:
+                    log.exception("run %s: could not show the final state", parent.id)
+            parent.slack_writes = board.writes
+            await self._store.save(parent)
+        return parent
+
+
+PHASES = {
+    RunStatus.SUCCEEDED: "done",
+    RunStatus.FAILED: "failed",
+    RunStatus.CANCELLED: "stopped",
+    RunStatus.INTERRUPTED: "interrupted",
+    RunStatus.RUNNING: "running",
+    RunStatus.QUEUED: "queued",
+}
+
+
+class Crew:
+    """The children of one parent run: started as tasks of their own, so that stopping the
+    parent can stop each child and wait for it to record and show its end."""
+
+    def __init__(
+        self, orchestrator: Orchestrator, parent: RunRecord, board: Board, view: BoardView
+    ) -> None:
+        self._orchestrator = orchestrator
+        self._parent = parent
+        self._board = board
+        self._view = view
+        self._tasks: list[asyncio.Task[RunRecord]] = []
+        self.runs: list[RunRecord] = []
+
+    async def child(
+        self, built: BuiltAgent, *, kind: RunKind, prompt: str, heading: str, item: BoardItem
+    ) -> RunRecord:
+        """Run one child in its own task, keeping its board item current."""
+        run = self._new_run(kind, prompt, agent=built.name, model=built.model_name)
+        self.runs.append(run)
+        item.status = ItemStatus.RUNNING
+        self._board.show(self._view)
+        runner = self._orchestrator._runner
+        task = asyncio.create_task(
+            runner.run(built.agent, run, sink=self._board.reply(heading), policy=policy_for(built)),
+            name=f"run-{run.id}",
+        )
+        self._tasks.append(task)
+        # Waiting through `wait` keeps a stop of the parent from cancelling the child itself.
+        await asyncio.wait([task])
+        item.status = ItemStatus.of(run.status)
+        if run.status is not RunStatus.SUCCEEDED and not item.detail:
+            item.detail = run.error or ""
+        self._board.show(self._view)
+        return run
+
+    async def refused(self, *, kind: RunKind, prompt: str, model: str, error: str) -> RunRecord:
+        """Record a child that could not start at all."""
+        run = self._new_run(kind, prompt, agent=None, model=model)
+        run.status, run.error = RunStatus.FAILED, error
+        run.started_at = run.finished_at = utcnow()
+        run.duration_ms = 0
+        await self._orchestrator._store.create(run)
+        return run
+
+    def _new_run(self, kind: RunKind, prompt: str, *, agent: str | None, model: str) -> RunRecord:
+        parent = self._parent
+        return RunRecord(
+            kind=kind,
+            prompt=prompt,
+            parent_id=parent.id,
+            command=parent.command,
+            agent=agent,
+            model=model,
+            team_id=parent.team_id,
+            channel_id=parent.channel_id,
+            user_id=parent.user_id,
+        )
+
+    async def gather(self, children: list[Awaitable[RunRecord]]) -> list[RunRecord]:
+        tasks = [asyncio.ensure_future(child) for child in children]
+        await asyncio.wait(tasks)
+        return [task.result() for task in tasks]
+
+    async def stop(self, live: LiveRun) -> None:
+        """Stop every child the same way the parent was stopped; wait for them to end."""
+        status, reason = live.stop_reason or (RunStatus.CANCELLED, "stopped")
+        for run in self.runs:
+            self._orchestrator._runner.live.stop(run.id, status=status, reason=reason)
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        for item in self._view.items:
+            if item.status in (ItemStatus.PLANNED, ItemStatus.RUNNING):
+                item.status = ItemStatus.CANCELLED
+
+    def add_usage(self) -> None:
+        for run in self.runs:
+            self._parent.input_tokens += run.input_tokens
+            self._parent.output_tokens += run.output_tokens
+            self._parent.requests += run.requests
+
+
+def speed_line(run: RunRecord) -> str:
+    """Time to first token, tokens/s and tokens, for a comparison."""
+    if run.status is not RunStatus.SUCCEEDED:
+        return f"{run.status.value}: {run.error or ''}".strip()
+    ttft = (
+        (run.first_token_at - run.started_at).total_seconds()
+        if run.first_token_at and run.started_at
+        else 0.0
+    )
+    seconds = (run.duration_ms or 0) / 1000
+    rate = run.output_tokens / seconds if seconds else 0.0
+    return f"first token {ttft:.1f} s · {rate:.0f} tok/s · {run.output_tokens} tokens"
+
+
+def totals_line(run: RunRecord) -> str:
+    seconds = (run.duration_ms or 0) / 1000
+    return f"{seconds:.1f} s · {run.input_tokens} in / {run.output_tokens} out tokens"

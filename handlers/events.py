@@ -1,0 +1,177 @@
+"""Conversations: `@agentbot …` in a channel, direct messages, and replies in the thread of a
+bot answer, which continue that conversation with the same agent and the earlier turns.
+
+The earlier turns come from storage (the pydantic-ai messages of the thread's latest run),
+never from re-reading Slack. Each Slack `event_id` is handled once, even when Slack retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
+
+from bot.models import RunKind, RunQuery, RunRecord
+from bot.team import policy_for
+from handlers.commands import check_prompt, record_refusal
+from handlers.sinks import SlackEditSink
+
+if TYPE_CHECKING:
+    from handlers.app import BotDeps
+
+log = logging.getLogger(__name__)
+
+# Message subtypes that are not a person talking: edits (our own streaming causes these),
+# deletions, joins, bot posts.
+IGNORED_SUBTYPES = frozenset(
+    {"message_changed", "message_deleted", "bot_message", "channel_join", "channel_leave"}
+)
+_MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
+
+
+class SeenEvents:
+    """The event ids handled recently (bounded, with a time to live), to drop Slack's retries."""
+
+    def __init__(self, *, size: int = 10_000, ttl: float = 3600.0) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._size = size
+        self._ttl = ttl
+
+    def first_time(self, event_id: str, *, now: float | None = None) -> bool:
+        """True the first time `event_id` is offered (within the time to live)."""
+        now = time.monotonic() if now is None else now
+        while self._seen and (
+            len(self._seen) >= self._size or next(iter(self._seen.values())) < now - self._ttl
+        ):
+            self._seen.popitem(last=False)
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = now
+        return True
+
+
+def register(app: AsyncApp, deps: BotDeps) -> None:
+    seen = SeenEvents()
+
+    @app.middleware
+    async def handle_each_event_once(
+        req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[None]]
+    ) -> BoltResponse:
+        event_id = req.body.get("event_id") if isinstance(req.body, dict) else None
+        if event_id and not seen.first_time(event_id):
+            log.info(
+                "event %s already handled (retry %s)",
+                event_id,
+                req.headers.get("x-slack-retry-num"),
+            )
+            return BoltResponse(status=200, body="")
+        await next()
+        return resp
+
+    @app.event("app_mention")
+    async def mention(event: dict[str, Any], body: dict[str, Any]) -> None:
+        # In a channel the answer goes into a thread: the mention's own, or a new one under it.
+        thread_ts = event.get("thread_ts") or event["ts"]
+        await _converse(deps, event, body, kind=RunKind.MENTION, thread_ts=thread_ts)
+
+    @app.event("message")
+    async def message(event: dict[str, Any], body: dict[str, Any], context: dict[str, Any]) -> None:
+        if event.get("subtype") in IGNORED_SUBTYPES or event.get("bot_id"):
+            return
+        if event.get("user") in (None, context.get("bot_user_id")):
+            return
+        if _mentions(event.get("text", ""), context.get("bot_user_id")):
+            return  # `app_mention` answers it
+        thread_ts = event.get("thread_ts")
+        if event.get("channel_type") == "im":
+            await _converse(
+                deps,
+                event,
+                body,
+                kind=RunKind.MENTION if thread_ts is None else RunKind.FOLLOWUP,
+                thread_ts=thread_ts,
+            )
+        elif thread_ts is not None:
+            await _converse(
+                deps, event, body, kind=RunKind.FOLLOWUP, thread_ts=thread_ts, only_our_threads=True
+            )
+
+
+def _mentions(text: str, bot_user_id: str | None) -> bool:
+    return bot_user_id is not None and bot_user_id in _MENTION.findall(text)
+
+
+async def _converse(
+    deps: BotDeps,
+    event: dict[str, Any],
+    body: dict[str, Any],
+    *,
+    kind: RunKind,
+    thread_ts: str | None,
+    only_our_threads: bool = False,
+) -> None:
+    channel = event["channel"]
+    earlier = await _earlier_run(deps, channel, thread_ts)
+    if only_our_threads and earlier is None:
+        return  # a thread that is not a conversation with the bot
+    agent_name = earlier.agent if earlier and earlier.agent in deps.config.agents else "assistant"
+    built = deps.agents.get(agent_name)
+    run = RunRecord(
+        kind=kind,
+        prompt=_MENTION.sub("", event.get("text", "")).strip(),
+        agent=built.name,
+        model=built.model_name,
+        team_id=body.get("team_id") or event.get("team"),
+        channel_id=channel,
+        user_id=event.get("user"),
+        thread_ts=thread_ts,
+    )
+    pacer = deps.pacer.workspace(run.team_id)
+
+    async def notify(text: str) -> None:
+        await pacer.call(
+            "chat.postEphemeral", channel=channel, user=run.user_id, text=text, thread_ts=thread_ts
+        )
+
+    problem = check_prompt(run.prompt, limit=deps.settings.max_prompt_chars)
+    if problem is None:
+        problem = deps.guard.refusal(user_id=run.user_id, channel_id=run.channel_id)
+    if problem is not None:
+        await record_refusal(deps, run, problem)
+        deps.background.spawn(notify(problem), name=f"refusal-{run.id}")
+        return
+    history = _history(earlier)
+    sink = SlackEditSink(pacer, channel=channel, notify=notify, thread_ts=thread_ts)
+    deps.background.spawn(
+        deps.runner.run(built.agent, run, sink=sink, policy=policy_for(built), history=history),
+        name=f"run-{run.id}",
+    )
+
+
+async def _earlier_run(deps: BotDeps, channel: str, thread_ts: str | None) -> RunRecord | None:
+    """The latest run of this conversation: in the thread, or (a DM without thread) the
+    channel's latest run."""
+    if thread_ts is not None:
+        return await deps.store.find_by_message(channel, thread_ts)
+    if channel.startswith("D"):
+        [latest] = await deps.store.query(RunQuery(channel_id=channel, limit=1)) or [None]
+        return await deps.store.get(latest.id) if latest else None
+    return None
+
+
+def _history(run: RunRecord | None) -> list[ModelMessage] | None:
+    if run is None or not run.messages_json:
+        return None
+    try:
+        return ModelMessagesTypeAdapter.validate_json(run.messages_json)
+    except ValueError:
+        log.warning("run %s: stored messages unreadable; starting afresh", run.id)
+        return None

@@ -1,0 +1,328 @@
+"""Slack's native streaming for thread replies, falling back to editing the same message.
+
+`chat.startStream` opens the reply, `chat.appendStream` adds only the text not yet sent (at
+most once per interval, within the workspace's Tier 4 budget) and `chat.stopStream` adds the
+rest with the footer. Slack ends a stream about 5 minutes after it starts
+(`message_not_in_streaming_state`); the sink then edits the same message with `chat.update`
+through the pacer, as `SlackEditSink` does, and does so on its own shortly before that age.
+
+Slack's documented limits (chat.startStream / appendStream / stopStream reference): each
+call's `markdown_text` is at most 12,000 characters; `stopStream` takes up to 50 `blocks`,
+shown below the streamed text; a reply needs `thread_ts`, and outside DMs the stream needs
+`recipient_user_id` and `recipient_team_id`. No total length of a streamed message is
+documented: if Slack refuses an append, the sink edits instead, and the final message is
+split by `render.final_messages` into the message and thread replies, nothing lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from enum import Enum
+from typing import Any
+
+from bot.errors import InputError
+from bot.models import Progress, RunRecord
+from handlers import render
+from handlers.pacer import MAX_TRANSIENT_FAILURES, LiveMessage, SlackCallFailed, WorkspacePacer
+from handlers.sinks import NOT_IN_CHANNEL, Notify, post_first_message
+
+log = logging.getLogger(__name__)
+
+START, APPEND, STOP = "chat.startStream", "chat.appendStream", "chat.stopStream"
+STREAM_TEXT_LIMIT = 12_000
+"""The most `markdown_text` one chat.*Stream call carries: Slack allows 12,000 characters;
+pieces are measured in UTF-8 bytes, never fewer than characters."""
+
+RATELIMITED = "ratelimited"
+CHANNEL_ERRORS = ("not_in_channel", "channel_not_found")
+
+
+class _Mode(Enum):
+    IDLE = "idle"  # before start
+    STREAMING = "streaming"  # chat.appendStream / chat.stopStream
+    EDITING = "editing"  # chat.update through the pacer (the stream ended or never began)
+
+
+class SlackStreamSink:
+    """Streams a run's answer into one thread reply with Slack's native streaming.
+
+    The message holds the whole answer exactly once: each append carries only the text since
+    the last successful one, and `finish` sends the remainder with the footer (and the notice
+    of a failed or stopped run). When the stream ends early, the same message is edited.
+    """
+
+    def __init__(
+        self,
+        pacer: WorkspacePacer,
+        *,
+        channel: str,
+        thread_ts: str,
+        notify: Notify,
+        heading: str | None = None,
+        interval: float | None = None,
+        max_stream_age: float | None = None,
+    ) -> None:
+        """`heading` becomes a bold first line of the streamed reply (and the first line of
+        an edited one); `interval` and `max_stream_age` default to the pacer's config."""
+        if not thread_ts:
+            raise ValueError("native streaming needs a thread to reply in (thread_ts)")
+        self._pacer = pacer
+        self._channel = channel
+        self._thread_ts = thread_ts
+        self._notify = notify
+        self._heading = heading
+        self._interval = pacer.config.interval if interval is None else interval
+        self._max_age = pacer.config.stream_max_age if max_stream_age is None else max_stream_age
+        self._clock = pacer.clock
+        self._mode = _Mode.IDLE
+        self._run: RunRecord | None = None
+        self._ts: str | None = None
+        self._text = ""  # the answer so far, as the runner gave it
+        self._progress: Progress | None = None
+        self._sent = 0  # characters of the answer already in the stream
+        self._calls = 0
+        self._live: LiveMessage | None = None
+        self._started_at = 0.0
+        self._last_append = 0.0
+        self._failures = 0
+        self._wake = asyncio.Event()  # set while text waits to be appended
+        self._sender: asyncio.Task[None] | None = None
+        self._calling = False  # the sender has a call in flight: do not cancel it then
+        self._closing = False
+
+    @property
+    def writes(self) -> int:
+        return self._calls + (self._live.writes if self._live else 0)
+
+    @property
+    def streaming(self) -> bool:
+        """True while the answer goes out by chat.appendStream (not yet by editing)."""
+        return self._mode is _Mode.STREAMING
+
+    # -- the Sink protocol -----------------------------------------------------------------
+
+    async def start(self, run: RunRecord) -> None:
+        self._run = run
+        try:
+            answer = await self._call(
+                START,
+                channel=self._channel,
+                thread_ts=self._thread_ts,
+                recipient_user_id=run.user_id,
+                recipient_team_id=run.team_id,
+                markdown_text=f"**{self._heading}**\n\n" if self._heading else None,
+            )
+        except SlackCallFailed as exc:
+            if exc.error in CHANNEL_ERRORS:
+                raise await self._not_in_channel(exc) from exc
+            log.warning("run %s: %s failed (%s); replying by edits", run.id, START, exc.error)
+            await self._post_instead(run)
+            return
+        self._ts = str(answer["ts"])
+        run.message_ts = self._ts
+        run.thread_ts = self._thread_ts
+        self._started_at = self._last_append = self._clock()
+        self._mode = _Mode.STREAMING
+        self._sender = asyncio.create_task(self._send_loop(), name=f"slack-stream-{run.id}")
+
+    def queued(self, position: int) -> None:
+        """Not shown: what a native stream shows cannot be taken back, and a place in line
+        would stay in the answer."""
+
+    def progress(self, text: str, progress: Progress) -> None:
+        self._text = text
+        self._progress = progress
+        if self._mode is _Mode.STREAMING:
+            if len(text) > self._sent:
+                self._wake.set()
+        elif self._mode is _Mode.EDITING:
+            self._show_live()
+
+    async def finish(self, run: RunRecord) -> None:
+        if self._mode is _Mode.IDLE:
+            return  # never shown (start failed or the run was stopped before it)
+        await self._stop_sender()
+        if self._mode is _Mode.STREAMING:
+            too_old = self._age() >= self._max_age
+            # The runner only ever extends the text; if not, editing shows it whole.
+            extends = run.output.startswith(self._text[: self._sent])
+            if not too_old and extends and await self._end_stream(run):
+                return
+            await self._fall_back(stop_stream=too_old or not extends)
+        await self._finish_by_edit(run)
+
+    # -- streaming -------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        """Append the text not yet in the stream, at most once per interval and within the
+        workspace's chat.appendStream budget, until finish or a fall back to editing."""
+        try:
+            while not self._closing:
+                await self._wake.wait()
+                await asyncio.sleep(max(0.0, self._last_append + self._interval - self._clock()))
+                if self._age() < self._max_age:
+                    await self._pacer.wait_turn(APPEND)
+                if self._age() >= self._max_age:
+                    await self._fall_back(stop_stream=True)  # before Slack ends it mid-append
+                    return
+                piece = _first_piece(self._text[self._sent :])
+                if not piece:
+                    self._wake.clear()
+                    continue
+                try:
+                    await self._send(
+                        APPEND, channel=self._channel, ts=self._ts, markdown_text=piece
+                    )
+                except SlackCallFailed as exc:
+                    if exc.error == RATELIMITED:
+                        continue  # paused; then all the pending text goes in one append
+                    if _transient(exc.error) and self._failures < MAX_TRANSIENT_FAILURES:
+                        self._failures += 1
+                        self._last_append = self._clock()  # try again one interval later
+                        continue
+                    log.info("stream %s: %s failed (%s); editing", self._ts, APPEND, exc.error)
+                    await self._fall_back(stop_stream=False)
+                    return
+                self._failures = 0
+                self._sent += len(piece)
+                self._last_append = self._clock()
+                if self._sent >= len(self._text):
+                    self._wake.clear()
+        except Exception:
+            log.exception("stream %s: the sender failed; editing instead", self._ts)
+            await self._fall_back(stop_stream=False)
+
+    async def _stop_sender(self) -> None:
+        """End the sender without losing track of what it sent: it is cancelled only while
+        no call is in flight, else it stops after that call."""
+        sender = self._sender
+        if sender is None or sender.done():
+            return
+        self._closing = True
+        if not self._calling:
+            sender.cancel()
+        self._wake.set()
+        await asyncio.wait([sender])
+
+    async def _end_stream(self, run: RunRecord) -> bool:
+        """Send what the stream lacks and stop it with the footer; False when Slack refused
+        (the end is then shown by editing, which replaces the message whole)."""
+        *middle, last = render.split_text(run.output[self._sent :], STREAM_TEXT_LIMIT)
+        try:
+            for piece in middle:
+                await self._call(APPEND, channel=self._channel, ts=self._ts, markdown_text=piece)
+                self._sent += len(piece)
+            await self._call(
+                STOP,
+                channel=self._channel,
+                ts=self._ts,
+                markdown_text=last or None,
+                blocks=end_blocks(run),
+            )
+        except SlackCallFailed as exc:
+            log.warning("run %s: ending the stream failed (%s); editing", run.id, exc.error)
+            return False
+        self._sent += len(last)
+        return True
+
+    # -- editing (the fallback) ------------------------------------------------------------
+
+    async def _fall_back(self, *, stop_stream: bool) -> None:
+        """Edit the message from now on; with `stop_stream`, end the stream first (best
+        effort) so that Slack does not end it under the edits."""
+        if self._mode is not _Mode.STREAMING:
+            return
+        if stop_stream:
+            try:
+                await self._call(STOP, channel=self._channel, ts=self._ts)
+            except SlackCallFailed as exc:
+                log.info("stream %s: %s failed (%s)", self._ts, STOP, exc.error)
+        assert self._ts is not None
+        self._live = self._pacer.track(self._channel, self._ts)
+        self._mode = _Mode.EDITING
+        self._show_live()
+
+    async def _post_instead(self, run: RunRecord) -> None:
+        """Reply with an ordinary message to edit, when Slack would not start a stream."""
+        first = render.live_message(run, "", None, heading=self._heading)
+        self._calls += 1
+        self._ts = await post_first_message(
+            self._pacer, self._channel, first, notify=self._notify, thread_ts=self._thread_ts
+        )
+        run.message_ts = self._ts
+        run.thread_ts = self._thread_ts
+        self._live = self._pacer.track(self._channel, self._ts)
+        self._mode = _Mode.EDITING
+
+    def _show_live(self) -> None:
+        assert self._live is not None and self._run is not None
+        message = render.live_message(self._run, self._text, self._progress, heading=self._heading)
+        self._live.set(message.text, message.blocks)
+
+    async def _finish_by_edit(self, run: RunRecord) -> None:
+        assert self._live is not None
+        first, *rest = render.final_messages(run, heading=self._heading)
+        self._live.set(first.text, first.blocks, final=True)
+        try:
+            await self._live.wait_delivered()
+        except SlackCallFailed as exc:
+            # The message is gone (deleted, channel archived): post the end as a new reply.
+            log.warning("run %s: final edit failed (%s); posting it anew", run.id, exc.error)
+            rest = [first, *rest]
+        for message in rest:
+            self._calls += 1
+            await self._pacer.post(
+                self._channel, text=message.text, blocks=message.blocks, thread_ts=self._thread_ts
+            )
+
+    # -- Slack calls -----------------------------------------------------------------------
+
+    async def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        """`method` within its budget; a 429 is waited out and the same call made again."""
+        while True:
+            await self._pacer.wait_turn(method)
+            try:
+                return await self._send(method, **kwargs)
+            except SlackCallFailed as exc:
+                if exc.error != RATELIMITED:
+                    raise
+
+    async def _send(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        """One Slack call, counted in `writes`."""
+        self._calls += 1
+        self._calling = True
+        try:
+            return await self._pacer.call(method, **kwargs)
+        finally:
+            self._calling = False
+
+    async def _not_in_channel(self, exc: SlackCallFailed) -> InputError:
+        """Tell the user to invite the bot; the error to raise."""
+        await self._notify(NOT_IN_CHANNEL)
+        return InputError(f"the bot is not in channel {self._channel} ({exc.error})")
+
+    def _age(self) -> float:
+        return self._clock() - self._started_at
+
+
+def end_blocks(run: RunRecord) -> render.Blocks:
+    """The blocks `chat.stopStream` shows below the streamed answer: the notice of an
+    unsuccessful end, then the footer."""
+    blocks: render.Blocks = []
+    notice = render.status_notice(run)
+    if notice:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": notice}})
+    footer = render.footer_line(run)
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
+    return blocks
+
+
+def _first_piece(text: str) -> str:
+    return render.split_text(text, STREAM_TEXT_LIMIT)[0] if text else ""
+
+
+def _transient(error: str) -> bool:
+    """A failure after which the append was surely not applied (Slack's edge answered 5xx),
+    so sending the same text again cannot duplicate it."""
+    return error.startswith("HTTP 5")

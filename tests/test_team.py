@@ -1,0 +1,273 @@
+"""/team, /pipeline and /compare end to end: real signed requests, the emulator as Slack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pydantic_ai.exceptions import ModelAPIError
+from pydantic_ai.messages import ModelMessage
+from pydantic_ai.models import Model
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+
+from bot.models import RunKind, RunQuery, RunStatus
+from handlers.render import STOP_ACTION_ID
+from tests.scripted import last_prompt
+from tests.test_ask import all_text, answer_text
+
+
+@dataclass
+class Crew:
+    """Scripts every agent of a team: a plan, subtask streams, the synthesis."""
+
+    plan: list[dict[str, str]] | None = None
+    fail_roles: set[str] = field(default_factory=set)
+    hang: bool = False
+    output_size: int = 3000
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
+    prompts: dict[str, str] = field(default_factory=dict)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    together: asyncio.Barrier | None = None
+
+    def output(self, role: str) -> str:
+        body = f"{role} finding. " * (self.output_size // 20)
+        return f"[{role} begins] {body}[{role} ends]"
+
+    def factory(self, agent: str, model_string: str) -> Model:
+        async def stream(
+            messages: list[ModelMessage], info: AgentInfo
+        ) -> AsyncIterator[str | DeltaToolCalls]:
+            self.prompts[agent] = last_prompt(messages)
+            if info.output_tools:
+                if self.plan is None:
+                    raise ModelAPIError("planner", "the planner is down")
+                args = json.dumps({"subtasks": self.plan})
+                yield {0: DeltaToolCall(name=info.output_tools[0].name, json_args=args)}
+                return
+            started = time.monotonic()
+            if self.together is not None and agent != "coordinator":
+                # Only subtasks that really run at the same time can all pass this barrier.
+                async with asyncio.timeout(10):
+                    await self.together.wait()
+            if agent in self.fail_roles:
+                raise ModelAPIError(agent, f"{agent} model exploded")
+            text = "synthesis of everything" if agent == "coordinator" else self.output(agent)
+            for i in range(0, len(text), 400):
+                if self.hang and agent != "coordinator":
+                    await self.released.wait()
+                await asyncio.sleep(0.02)  # the model's own pace
+                yield text[i : i + 400]
+            self.spans[agent] = (started, time.monotonic())
+
+        return FunctionModel(stream_function=stream, model_name=f"{agent}-model")
+
+
+PLAN = [
+    {"role": "researcher", "title": "Find the facts", "instructions": "List facts."},
+    {"role": "analyst", "title": "Weigh the options", "instructions": "Compare."},
+    {"role": "poet", "title": "Unknown role", "instructions": "Rhyme."},
+    {"role": "reviewer", "title": "Check it", "instructions": "Review."},
+]
+
+
+async def test_team_plans_runs_subtasks_at_once_and_synthesises(start_bot, emulator):
+    crew = Crew(plan=PLAN, together=asyncio.Barrier(4))
+    bot = await start_bot(crew.factory)
+    status, body, _ = await bot.command("plan our beta launch", command="/team")
+    assert status == 200 and body == ""
+    [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=30)
+    assert parent.status is RunStatus.SUCCEEDED, parent.error
+
+    children = await bot.store.children(parent.id)
+    kinds = [c.kind for c in children]
+    assert kinds.count(RunKind.SUBTASK) == 4 and kinds[-1] is RunKind.SYNTHESIS
+    assert all(c.status is RunStatus.SUCCEEDED for c in children)
+    # An unknown role from the model falls back to the first role.
+    assert [c.agent for c in children[:4]] == ["researcher", "analyst", "researcher", "reviewer"]
+
+    # Each subtask and the synthesis answered in its own reply in the parent's thread.
+    [message] = emulator.messages("C123")
+    assert message.ts == parent.message_ts
+    replies = emulator.thread("C123", message.ts)[1:]
+    assert len(replies) == 5
+    assert answer_text(replies[-1]) == "synthesis of everything"
+    shown = {reply.ts: answer_text(reply) for reply in replies}
+    assert shown == {child.message_ts: child.output for child in children}
+
+    # They really ran at the same time: all four were inside their model call at once
+    # (the barrier above), so every one started before any one finished.
+    spans = [crew.spans[role] for role in ("analyst", "reviewer")]
+    assert max(s for s, _ in spans) < min(e for _, e in spans)
+
+    # The synthesis saw every subtask's full output, not a truncated one.
+    synthesis_prompt = crew.prompts["coordinator"]
+    for child in children[:4]:
+        assert child.output in synthesis_prompt
+    assert len(children[0].output) > 2500
+
+    # The parent ends with each subtask's status and the totals.
+    final = all_text(message)
+    assert final.count("✅") == 5 and "done" in final and "tokens" in final
+    assert parent.output_tokens > sum(c.output_tokens for c in children), "planner tokens too"
+    assert parent.output == "synthesis of everything"
+    assert not [b for b in message.blocks if b["type"] == "actions"]
+
+
+async def test_a_failing_subtask_leaves_the_others_and_the_synthesis_intact(start_bot, emulator):
+    crew = Crew(plan=PLAN[:2] + PLAN[3:], fail_roles={"analyst"})
+    bot = await start_bot(crew.factory)
+    await bot.command("plan our beta launch", command="/team")
+    [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=30)
+    children = await bot.store.children(parent.id)
+    by_agent = {c.agent: c for c in children}
+    assert by_agent["analyst"].status is RunStatus.FAILED
+    assert by_agent["researcher"].status is RunStatus.SUCCEEDED
+    assert by_agent["coordinator"].status is RunStatus.SUCCEEDED
+    assert "These subtasks failed: analyst" in crew.prompts["coordinator"]
+    assert parent.status is RunStatus.SUCCEEDED and "analyst" in parent.error
+    board = all_text(emulator.messages("C123")[0])
+    assert "⚠️" in board and "analyst model exploded" in board
+
+
+async def test_planner_failure_falls_back_to_one_subtask_per_role(start_bot, emulator):
+    crew = Crew(plan=None)
+    bot = await start_bot(crew.factory)
+    await bot.command("anything", command="/team")
+    [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=30)
+    children = await bot.store.children(parent.id)
+    assert [c.agent for c in children] == [
+        "researcher",
+        "analyst",
+        "writer",
+        "reviewer",
+        "coordinator",
+    ]
+    assert parent.status is RunStatus.SUCCEEDED
+
+
+async def test_stop_on_the_parent_cancels_the_whole_team(start_bot, emulator):
+    crew = Crew(plan=PLAN[:2], hang=True)
+    bot = await start_bot(crew.factory)
+    await bot.command("plan our beta launch", command="/team")
+    await emulator.wait_for(lambda: len(emulator.calls_to("chat.postMessage")) == 3)  # parent + 2
+    parent_message = emulator.messages("C123")[0]
+    run_id = _stop_value(parent_message)
+    await emulator.send_block_action(
+        bot.url, action_id=STOP_ACTION_ID, value=run_id, message_ts=parent_message.ts
+    )
+    [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=20)
+    assert parent.status is RunStatus.CANCELLED and "Stopped by <@U123>" in parent.error
+    children = await bot.store.children(parent.id)
+    assert len(children) == 2 and all(c.status is RunStatus.CANCELLED for c in children)
+    assert "coordinator" not in crew.prompts, "no synthesis after a stop"
+    board = all_text(emulator.messages("C123")[0])
+    assert "stopped" in board and board.count("⏹️") >= 2
+    for reply in emulator.thread("C123", parent_message.ts)[1:]:
+        assert "Stopped by" in all_text(reply)
+
+
+def _stop_value(message) -> str:
+    return next(e["value"] for b in message.blocks if b["type"] == "actions" for e in b["elements"])
+
+
+@dataclass
+class Stages:
+    fail: str | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+
+    def factory(self, agent: str, model_string: str) -> Model:
+        async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+            self.prompts[agent] = last_prompt(messages)
+            if agent == self.fail:
+                raise ModelAPIError(agent, f"{agent} is down")
+            yield f"<{agent} output>"
+
+        return FunctionModel(stream_function=stream, model_name=agent)
+
+
+async def test_pipeline_feeds_each_stage_the_previous_output(start_bot, emulator):
+    stages = Stages()
+    bot = await start_bot(stages.factory)
+    await bot.command("solar panels", command="/pipeline")
+    [parent] = await bot.wait_for_run(kind=RunKind.PIPELINE, timeout=30)
+    assert parent.status is RunStatus.SUCCEEDED and parent.output == "<writer output>"
+    children = await bot.store.children(parent.id)
+    assert [(c.kind, c.agent) for c in children] == [
+        (RunKind.STAGE, "researcher"),
+        (RunKind.STAGE, "analyst"),
+        (RunKind.STAGE, "writer"),
+    ]
+    assert "solar panels" in stages.prompts["researcher"]
+    assert "<researcher output>" in stages.prompts["analyst"]
+    assert "<analyst output>" in stages.prompts["writer"]
+    replies = emulator.thread("C123", parent.message_ts)[1:]
+    assert [answer_text(r) for r in replies] == [c.output for c in children]  # in stage order
+
+
+async def test_a_failed_stage_stops_the_pipeline_with_the_reason(start_bot, emulator):
+    stages = Stages(fail="analyst")
+    bot = await start_bot(stages.factory)
+    await bot.command("solar panels", command="/pipeline")
+    [parent] = await bot.wait_for_run(kind=RunKind.PIPELINE, timeout=30)
+    assert parent.status is RunStatus.FAILED and "stage 2 (analyze) failed" in parent.error
+    assert "writer" not in stages.prompts
+    board = all_text(emulator.messages("C123")[0])
+    assert "⏭️" in board and "analyst is down" in board
+
+
+async def test_compare_streams_every_model_and_survives_one_failing(start_bot, emulator):
+    async def good(messages, info):
+        for word in ("fast ", "and ", "right"):
+            yield word
+
+    async def bad(messages, info):
+        raise ModelAPIError("m-bad", "model m-bad is unavailable")
+        yield ""  # pragma: no cover
+
+    def factory(agent: str, model_string: str) -> Model:
+        function = bad if model_string == "m-bad" else good
+        return FunctionModel(stream_function=function, model_name=model_string)
+
+    bot = await start_bot(factory, AGENTBOT_COMPARE_MODELS="m-good,m-bad,m-other")
+    await bot.command("which is best?", command="/compare")
+    await bot.wait_for_run(kind=RunKind.COMPARE, count=4, timeout=30)
+    [parent] = [r for r in await bot.runs(kind=RunKind.COMPARE) if r.parent_id is None]
+    children = await bot.store.children(parent.id)
+    assert {c.model: c.status for c in children} == {
+        "m-good": RunStatus.SUCCEEDED,
+        "m-bad": RunStatus.FAILED,
+        "m-other": RunStatus.SUCCEEDED,
+    }
+    assert parent.status is RunStatus.SUCCEEDED
+    board = all_text(emulator.messages("C123")[0])
+    assert "first token" in board and "tok/s" in board and "m-bad is unavailable" in board
+    replies = emulator.thread("C123", parent.message_ts)[1:]
+    assert sorted(answer_text(r) for r in replies) == ["", "fast and right", "fast and right"]
+
+
+async def test_team_records_show_up_with_children_in_history(start_bot, emulator):
+    crew = Crew(plan=PLAN[:2])
+    bot = await start_bot(crew.factory)
+    await bot.command("small task", command="/team")
+    await bot.wait_for_run(kind=RunKind.TEAM, timeout=30)
+    runs = await bot.store.query(RunQuery())
+    parent = next(r for r in runs if r.kind is RunKind.TEAM)
+    assert {r.parent_id for r in runs if r.kind is not RunKind.TEAM} == {parent.id}
+    assert parent.slack_writes >= 2
+
+
+async def test_team_in_native_streaming_mode_streams_each_reply(start_bot, emulator):
+    crew = Crew(plan=PLAN[:2])
+    bot = await start_bot(crew.factory, AGENTBOT_STREAM_MODE="native")
+    await bot.command("small task", command="/team")
+    [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=30)
+    assert parent.status is RunStatus.SUCCEEDED
+    assert len(emulator.calls_to("chat.startStream")) == 3  # two subtasks and the synthesis
+    assert len(emulator.calls_to("chat.stopStream")) == 3
+    children = await bot.store.children(parent.id)
+    for child in children:
+        reply = emulator.message("C123", child.message_ts)
+        assert child.output in reply.text and not reply.streaming
