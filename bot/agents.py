@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic_ai import Agent
@@ -11,6 +12,9 @@ from pydantic_ai.models import Model
 from bot.config import DEMO_MODEL, AgentSpec, AppConfig, Settings
 from bot.demo import demo_model
 from bot.errors import ConfigError
+
+ModelFactory = Callable[[str, str], Model]
+"""Gives the model for (agent name, model string): lets tests script each agent apart."""
 
 
 @dataclass(frozen=True)
@@ -27,13 +31,17 @@ class AgentRegistry:
     """All configured agents, built once at start-up so that a bad model string fails early."""
 
     def __init__(
-        self, config: AppConfig, settings: Settings, *, model: Model | None = None
+        self, config: AppConfig, settings: Settings, *, model: Model | ModelFactory | None = None
     ) -> None:
-        """`model`, when given, replaces every agent's model (tests, benchmarks)."""
+        """`model`, when given, replaces the agents' models (tests, benchmarks): one model
+        for all, or a factory called with each agent's name and model string."""
+        self._settings = settings
+        self._override = model
         self._agents = {
-            name: _build(name, spec, settings, override=model)
+            name: self._build(name, spec, spec.model or settings.model)
             for name, spec in config.agents.items()
         }
+        self._variants: dict[tuple[str, str], BuiltAgent] = {}
 
     def get(self, name: str) -> BuiltAgent:
         try:
@@ -41,26 +49,33 @@ class AgentRegistry:
         except KeyError:
             raise ConfigError(f"unknown agent {name!r}") from None
 
+    def with_model(self, name: str, model_string: str) -> BuiltAgent:
+        """Agent `name` on another model (for /compare); built once, then reused."""
+        key = (name, model_string)
+        if key not in self._variants:
+            self._variants[key] = self._build(name, self.get(name).spec, model_string)
+        return self._variants[key]
+
     @property
     def uses_demo_model(self) -> bool:
         return any(built.model_name == DEMO_MODEL for built in self._agents.values())
 
-
-def _build(name: str, spec: AgentSpec, settings: Settings, *, override: Model | None) -> BuiltAgent:
-    model_string = spec.model or settings.model
-    model: Model | str
-    if override is not None:
-        model, model_name = override, override.model_name
-    elif model_string == DEMO_MODEL:
-        model, model_name = demo_model(), DEMO_MODEL
-    else:
-        model, model_name = model_string, model_string
-    try:
-        agent = Agent(model, instructions=spec.instructions, name=name)
-    except UserError as exc:
-        source = f"agents.{name}.model" if spec.model else "AGENTBOT_MODEL"
-        raise ConfigError(f"{source}={model_string!r}: {_one_line(str(exc))}") from None
-    return BuiltAgent(name=name, agent=agent, spec=spec, model_name=model_name)
+    def _build(self, name: str, spec: AgentSpec, model_string: str) -> BuiltAgent:
+        model: Model | str
+        if isinstance(self._override, Model):
+            model, model_name = self._override, self._override.model_name
+        elif self._override is not None:
+            model, model_name = self._override(name, model_string), model_string
+        elif model_string == DEMO_MODEL:
+            model, model_name = demo_model(), DEMO_MODEL
+        else:
+            model, model_name = model_string, model_string
+        try:
+            agent = Agent(model, instructions=spec.instructions, name=name)
+        except UserError as exc:
+            source = f"agents.{name}.model" if spec.model else "AGENTBOT_MODEL"
+            raise ConfigError(f"{source}={model_string!r}: {_one_line(str(exc))}") from None
+        return BuiltAgent(name=name, agent=agent, spec=spec, model_name=model_name)
 
 
 def _one_line(text: str) -> str:

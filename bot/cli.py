@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
+import dataclasses
 import json
 import logging
-import re
 import signal
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from bot.config import Settings, load_config, load_settings, require
 from bot.errors import BotError, ConfigError, InputError
-from bot.models import RECORD_FIELDS, RunKind, RunQuery, RunRecord, RunStatus
+from bot.models import RunCursor, RunKind, RunQuery, RunStatus, StatsQuery, iso_utc
+from bot.query import DEFAULT_STATS_SINCE, parse_since
+from bot.report import ProgressBar, RunWriter, stats_text
+
+if TYPE_CHECKING:
+    from storage.repository import SqlRunStore
+
+__all__ = ["build_parser", "main", "parse_since"]
 
 log = logging.getLogger("agentbot")
 
@@ -46,10 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--kind", choices=[k.value for k in RunKind])
     history.add_argument("--since", help="7d, 24h, 30m or a date such as 2026-11-01")
     history.add_argument("--search", help="words to find in prompts")
-    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--team", help="only this workspace (team ID)")
+    history.add_argument("--limit", type=int, default=50, help="at most N runs (1-1000)")
+    history.add_argument(
+        "--all", action="store_true", help="every matching run (an export; ignores --limit)"
+    )
     fmt = history.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON array of run objects")
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+
+    stats = sub.add_parser("stats", help="runs by status, kind and user; tokens; p50/p95 time")
+    stats.add_argument("--since", default=DEFAULT_STATS_SINCE, help="default 30d; or a date")
+    stats.add_argument("--team", help="only this workspace (team ID)")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+
+    playground = sub.add_parser(
+        "playground", help="the whole bot offline in a browser: emulated Slack, no keys needed"
+    )
+    playground.add_argument("--port", type=int, help="HTTP port (default $PORT or 3000)")
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
@@ -60,15 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        _configure_logging(verbose=args.command == "serve")
+        _configure_logging(verbose=args.command in ("serve", "playground"))
         settings = load_settings()
         match args.command:
             case "serve":
                 return _serve(settings, args)
             case "history":
                 return asyncio.run(_history(settings, args))
+            case "stats":
+                return asyncio.run(_stats(settings, args))
             case "db":
                 return asyncio.run(_db_upgrade(settings))
+            case "playground":
+                return _playground(settings, args)
     except (BotError, ConfigError) as exc:
         print(f"agentbot: {exc}", file=sys.stderr)
         return 2
@@ -128,43 +154,89 @@ async def _serve_until_signal(
     await service.stop(grace=settings.shutdown_grace)
 
 
-# -- history -------------------------------------------------------------------------------
+# -- playground ----------------------------------------------------------------------------
 
-TABLE_COLUMNS = (
-    "created_at",
-    "id",
-    "kind",
-    "status",
-    "user_id",
-    "channel_id",
-    "model",
-    "duration_ms",
-    "prompt",
-)
+
+def _playground(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.playground.app import run_playground
+
+    port = args.port if args.port is not None else settings.port
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port: {port} is not a port number")
+    return run_playground(settings, load_config(settings), port=port)
+
+
+# -- history and stats ---------------------------------------------------------------------
+
+EXPORT_PAGE = 1000
 
 
 async def _history(settings: Settings, args: argparse.Namespace) -> int:
-    from storage.db import create_engine, upgrade
-    from storage.repository import SqlRunStore
-
     if args.show and (args.show[0] != "show" or len(args.show) != 2):
         raise InputError("usage: agentbot history show RUN_ID  (or agentbot history [filters])")
     query = None if args.show else _query_from_args(args)
-    engine = create_engine(settings.database_url)
-    try:
-        await upgrade(engine)
-        store = SqlRunStore(engine)
+    async with _store(settings) as store:
+        writer = RunWriter(sys.stdout, as_json=args.json, as_csv=args.csv)
         if query is None:
             run = await store.get(args.show[1])
             if run is None:
                 raise InputError(f"no run with id {args.show[1]!r}")
-            runs = [run, *await store.children(run.id)]
+            writer.write([run, *await store.children(run.id)])
+        elif args.all:
+            await _export(store, query, writer)
         else:
-            runs = await store.query(query)
+            writer.write(await store.query(query))
+        writer.close()
+    return 0
+
+
+async def _export(store: SqlRunStore, query: RunQuery, writer: RunWriter) -> None:
+    """Every run matching `query`, newest first, page by page (keyset paging), with a
+    progress bar on stderr when it is a terminal and the export takes more than one page."""
+    total = await store.count(query)
+    progress = None
+    if total > EXPORT_PAGE and sys.stderr.isatty():
+        progress = ProgressBar(total, sys.stderr)
+    query = dataclasses.replace(query, limit=EXPORT_PAGE)
+    try:
+        while True:
+            page = await store.query(query)
+            writer.write(page)
+            if progress is not None:
+                progress.advance(len(page))
+            if len(page) < EXPORT_PAGE:
+                break
+            query = dataclasses.replace(query, before=RunCursor.after(page[-1]))
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+async def _stats(settings: Settings, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    since = parse_since(args.since, now=now)
+    async with _store(settings) as store:
+        stats = await store.stats(StatsQuery(team_id=args.team, since=since))
+    if args.json:
+        out = {"since": iso_utc(since), "team_id": args.team, **stats.to_dict()}
+        json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(stats_text(stats, since=since, today=now.date(), team_id=args.team))
+    return 0
+
+
+@asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[SqlRunStore]:
+    from storage.db import create_engine, upgrade
+    from storage.repository import SqlRunStore
+
+    engine = create_engine(settings.database_url)
+    try:
+        await upgrade(engine)
+        yield SqlRunStore(engine)
     finally:
         await engine.dispose()
-    _print_runs(runs, as_json=args.json, as_csv=args.csv)
-    return 0
 
 
 def _query_from_args(args: argparse.Namespace) -> RunQuery:
@@ -173,58 +245,13 @@ def _query_from_args(args: argparse.Namespace) -> RunQuery:
     return RunQuery(
         user_id=args.user,
         channel_id=args.channel,
+        team_id=args.team,
         status=RunStatus(args.status) if args.status else None,
         kind=RunKind(args.kind) if args.kind else None,
         since=parse_since(args.since) if args.since else None,
         search=args.search,
         limit=args.limit,
     )
-
-
-_SPAN = re.compile(r"^(\d+)([mhdw])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_since(text: str, *, now: datetime | None = None) -> datetime:
-    """`7d`, `24h`, `30m`, `2w` back from now, or an ISO date/time (UTC if no zone)."""
-    now = now or datetime.now(UTC)
-    match = _SPAN.match(text.strip())
-    if match:
-        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InputError(f"--since: {text!r} is not like 7d, 24h, 30m or 2026-11-01") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _print_runs(runs: list[RunRecord], *, as_json: bool, as_csv: bool) -> None:
-    rows = [run.to_dict() for run in runs]
-    if as_json:
-        json.dump(rows, sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
-    elif as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(RECORD_FIELDS))
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        _print_table(rows)
-
-
-def _print_table(rows: list[dict]) -> None:
-    if not rows:
-        print("no runs")
-        return
-    cells = [[_cell(row[col]) for col in TABLE_COLUMNS] for row in rows]
-    widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(TABLE_COLUMNS)]
-    print("  ".join(col.ljust(w) for col, w in zip(TABLE_COLUMNS, widths, strict=True)).rstrip())
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _cell(value: object, limit: int = 60) -> str:
-    text = "" if value is None else " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # -- db ------------------------------------------------------------------------------------

@@ -44,12 +44,40 @@ class Settings(BaseSettings):
     )
     max_prompt_chars: int = Field(default=8000, alias="AGENTBOT_MAX_PROMPT_CHARS", ge=1)
     shutdown_grace: float = Field(default=30.0, alias="AGENTBOT_SHUTDOWN_GRACE", ge=0)
+    # Also let the workspace's own admins and owners (Slack `users.info`) use /history.
+    history_workspace_admins: bool = Field(default=False, alias="AGENTBOT_HISTORY_WORKSPACE_ADMINS")
+    checkpoint_interval: float = Field(
+        default=5.0, alias="AGENTBOT_CHECKPOINT_INTERVAL", gt=0, le=3600
+    )
+    max_concurrent_runs: int = Field(
+        default=50, alias="AGENTBOT_MAX_CONCURRENT_RUNS", ge=1, le=10_000
+    )
+    user_runs_per_minute: int | None = Field(
+        default=20, alias="AGENTBOT_USER_RUNS_PER_MINUTE", ge=1
+    )
+    allowed_users: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(), alias="AGENTBOT_ALLOWED_USERS"
+    )
+    allowed_channels: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(), alias="AGENTBOT_ALLOWED_CHANNELS"
+    )
+    stream_mode: Literal["edit", "native"] = Field(default="edit", alias="AGENTBOT_STREAM_MODE")
+    compare_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), alias="AGENTBOT_COMPARE_MODELS"
+    )
 
-    @field_validator("admins", mode="before")
+    @field_validator("admins", "allowed_users", "allowed_channels", mode="before")
     @classmethod
     def _split_admins(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("compare_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
     @field_validator("slack_api_url")
@@ -77,15 +105,109 @@ class AgentSpec(BaseModel):
     idle_timeout: float = Field(default=60.0, gt=0)
     total_timeout: float = Field(default=600.0, gt=0)
     retries: int = Field(default=2, ge=0, le=10)
+    token_budget: int | None = Field(default=None, ge=1)
+    """Most tokens (in and out) one run may use; the run fails when it would use more."""
 
 
-class CommandSpec(BaseModel):
-    """What a slash command does."""
+class TeamSpec(BaseModel):
+    """A team: a planner splits the task among roles (agents), a coordinator synthesises."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["ask"] = "ask"
+    planner: str = "planner"
+    coordinator: str = "coordinator"
+    roles: list[str] = Field(
+        default_factory=lambda: ["researcher", "analyst", "writer", "reviewer"], min_length=1
+    )
+    max_subtasks: int = Field(default=4, ge=1, le=12)
+    concurrency: int = Field(default=4, ge=1, le=12)
+
+
+class StageSpec(BaseModel):
+    """One pipeline stage; `prompt` may use {input} (the original input) and {previous}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    agent: str
+    prompt: str
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[StageSpec] = Field(min_length=1)
+
+
+class CommandSpec(BaseModel):
+    """What a slash command does: `ask` one agent, run a `team` or a `pipeline`, or
+    `compare` models (`models`, else AGENTBOT_COMPARE_MODELS, else AGENTBOT_MODEL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["ask", "team", "pipeline", "compare"] = "ask"
     agent: str = "assistant"
+    team: str = "default"
+    pipeline: str = "default"
+    models: list[str] = Field(default_factory=list)
+
+
+def _role(text: str) -> AgentSpec:
+    return AgentSpec(instructions=text + " Answer in Markdown, concisely, for a Slack thread.")
+
+
+def _default_agents() -> dict[str, AgentSpec]:
+    return {
+        "assistant": AgentSpec(),
+        "planner": AgentSpec(
+            instructions=(
+                "You plan work for a small team. Split the task into 2 to 4 focused subtasks, "
+                "each assigned to exactly one of the roles offered, with clear instructions."
+            )
+        ),
+        "researcher": _role("You are the team's researcher: gather the relevant facts."),
+        "analyst": _role("You are the team's analyst: weigh options, risks and trade-offs."),
+        "writer": _role("You are the team's writer: draft clear, well-structured text."),
+        "reviewer": _role("You are the team's reviewer: find gaps, errors and risks."),
+        "coordinator": _role(
+            "You coordinate a team: merge the subtask results into one answer, resolve "
+            "conflicts, and say plainly which parts are missing because a subtask failed."
+        ),
+    }
+
+
+def _default_pipelines() -> dict[str, PipelineSpec]:
+    return {
+        "default": PipelineSpec(
+            stages=[
+                StageSpec(
+                    name="research",
+                    agent="researcher",
+                    prompt="Research this topic and list the key facts:\n\n{input}",
+                ),
+                StageSpec(
+                    name="analyze",
+                    agent="analyst",
+                    prompt="Topic: {input}\n\nAnalyse these research notes:\n\n{previous}",
+                ),
+                StageSpec(
+                    name="summarize",
+                    agent="writer",
+                    prompt="Topic: {input}\n\nWrite a short summary of this analysis:\n\n"
+                    "{previous}",
+                ),
+            ]
+        )
+    }
+
+
+def _default_commands() -> dict[str, CommandSpec]:
+    return {
+        "/ask": CommandSpec(kind="ask"),
+        "/team": CommandSpec(kind="team"),
+        "/pipeline": CommandSpec(kind="pipeline"),
+        "/compare": CommandSpec(kind="compare"),
+    }
 
 
 class AppConfig(BaseModel):
@@ -93,14 +215,36 @@ class AppConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    agents: dict[str, AgentSpec] = Field(default_factory=lambda: {"assistant": AgentSpec()})
-    commands: dict[str, CommandSpec] = Field(default_factory=lambda: {"/ask": CommandSpec()})
+    agents: dict[str, AgentSpec] = Field(default_factory=_default_agents)
+    teams: dict[str, TeamSpec] = Field(default_factory=lambda: {"default": TeamSpec()})
+    pipelines: dict[str, PipelineSpec] = Field(default_factory=_default_pipelines)
+    commands: dict[str, CommandSpec] = Field(default_factory=_default_commands)
 
     def agent(self, name: str) -> AgentSpec:
         try:
             return self.agents[name]
         except KeyError:
             raise ConfigError(f"agentbot.toml: unknown agent {name!r}") from None
+
+    def check(self) -> None:
+        """Every name a command, team or pipeline refers to exists; else `ConfigError`."""
+        for name, command in self.commands.items():
+            if not name.startswith("/"):
+                raise ConfigError(f"agentbot.toml: command {name!r} must start with '/'")
+            if command.kind in ("ask", "compare"):
+                self.agent(command.agent)
+            elif command.kind == "team" and command.team not in self.teams:
+                raise ConfigError(f"agentbot.toml: {name} uses unknown team {command.team!r}")
+            elif command.kind == "pipeline" and command.pipeline not in self.pipelines:
+                raise ConfigError(
+                    f"agentbot.toml: {name} uses unknown pipeline {command.pipeline!r}"
+                )
+        for team in self.teams.values():
+            for agent in (team.planner, team.coordinator, *team.roles):
+                self.agent(agent)
+        for pipeline in self.pipelines.values():
+            for stage in pipeline.stages:
+                self.agent(stage.agent)
 
 
 def load_settings() -> Settings:
@@ -128,16 +272,15 @@ def load_config(settings: Settings) -> AppConfig:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     defaults = AppConfig()
-    agents = {**defaults.agents, **data.pop("agents", {})}
-    commands = {**defaults.commands, **data.pop("commands", {})}
+    merged = {
+        section: {**getattr(defaults, section), **data.pop(section, {})}
+        for section in ("agents", "teams", "pipelines", "commands")
+    }
     try:
-        config = AppConfig(agents=agents, commands=commands, **data)
+        config = AppConfig(**merged, **data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_first_problem(exc)}") from None
-    for name, command in config.commands.items():
-        if not name.startswith("/"):
-            raise ConfigError(f"{path}: command {name!r} must start with '/'")
-        config.agent(command.agent)
+    config.check()
     return config
 
 
@@ -164,7 +307,10 @@ __all__ = [
     "AgentSpec",
     "AppConfig",
     "CommandSpec",
+    "PipelineSpec",
     "Settings",
+    "StageSpec",
+    "TeamSpec",
     "load_config",
     "load_settings",
     "require",

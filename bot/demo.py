@@ -6,10 +6,13 @@ It lets agentbot run on a fresh machine with no API key; every answer says it is
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+
+from bot.plan import roles_in
 
 WORDS_PER_SECOND = 25.0
 
@@ -17,13 +20,34 @@ WORDS_PER_SECOND = 25.0
 def demo_model(*, words_per_second: float = WORDS_PER_SECOND) -> FunctionModel:
     """A model that answers every prompt with a clearly labelled demo text, word by word."""
 
-    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+    async def stream(
+        messages: list[ModelMessage], info: AgentInfo
+    ) -> AsyncIterator[str | DeltaToolCalls]:
         prompt = _last_prompt(messages)
+        if info.output_tools:  # a structured answer is wanted: the team planner's plan
+            tool = info.output_tools[0]
+            yield {0: DeltaToolCall(name=tool.name, json_args=json.dumps(demo_plan(prompt)))}
+            return
         for word in demo_answer(prompt).split(" "):
             yield word + " "
             await asyncio.sleep(1 / words_per_second)
 
     return FunctionModel(stream_function=stream, model_name="demo")
+
+
+def demo_plan(prompt: str) -> dict[str, object]:
+    """A valid plan: one subtask for each role the planner prompt offers."""
+    roles = roles_in(prompt) or ["researcher", "writer"]
+    return {
+        "subtasks": [
+            {
+                "role": role,
+                "title": f"Demo {role} subtask",
+                "instructions": f"Contribute the {role}'s part of the task.",
+            }
+            for role in roles
+        ]
+    }
 
 
 def demo_answer(prompt: str) -> str:

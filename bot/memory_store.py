@@ -8,9 +8,21 @@ duplicate-id errors, and lists without `messages_json`.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from datetime import UTC, datetime
 
-from bot.models import RunQuery, RunRecord, RunStatus, utcnow
+from bot.models import (
+    AuditEntry,
+    AuditQuery,
+    DayCount,
+    RunQuery,
+    RunRecord,
+    RunStats,
+    RunStatus,
+    StatsQuery,
+    nearest_rank,
+    utcnow,
+)
 
 MAX_LIMIT = 1000
 UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -22,6 +34,7 @@ class MemoryRunStore:
 
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}
+        self._audit: list[AuditEntry] = []
 
     async def create(self, run: RunRecord) -> None:
         """Insert a new run; `ValueError` if its id exists or its parent does not."""
@@ -92,6 +105,59 @@ class MemoryRunStore:
     async def ping(self) -> None:
         return None
 
+    async def count(self, query: RunQuery) -> int:
+        """How many runs match the query's filters (its `limit` is ignored)."""
+        return sum(1 for run in self._runs.values() if _matches(run, query))
+
+    async def stats(self, query: StatsQuery) -> RunStats:
+        """Runs by status, kind and user, tokens, p50/p95 duration and runs per UTC day."""
+        since, until = _utc(query.since), _utc(query.until)
+        runs = [
+            run
+            for run in self._runs.values()
+            if (query.team_id is None or run.team_id == query.team_id)
+            and (since is None or run.created_at >= since)
+            and (until is None or run.created_at < until)
+        ]
+        users = Counter(run.user_id for run in runs if run.user_id is not None)
+        days = Counter(run.created_at.date() for run in runs)
+        durations = sorted(run.duration_ms for run in runs if run.duration_ms is not None)
+        return RunStats(
+            total=len(runs),
+            by_status=_most_first(Counter(run.status for run in runs)),
+            by_kind=_most_first(Counter(run.kind for run in runs)),
+            top_users=sorted(users.items(), key=lambda pair: (-pair[1], pair[0]))[
+                : max(0, query.top_users)
+            ],
+            users=len(users),
+            input_tokens=sum(run.input_tokens for run in runs),
+            output_tokens=sum(run.output_tokens for run in runs),
+            p50_ms=nearest_rank(durations, 0.50),
+            p95_ms=nearest_rank(durations, 0.95),
+            per_day=[DayCount(day, n) for day, n in sorted(days.items())],
+        )
+
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Append `entry` to the audit log; return a copy with its `id` set."""
+        stored = dataclasses.replace(entry, id=len(self._audit) + 1, at=_utc(entry.at))
+        self._audit.append(stored)
+        return dataclasses.replace(stored)
+
+    async def audit_log(self, query: AuditQuery) -> list[AuditEntry]:
+        """Audit entries matching the query, newest first, at most `query.limit` (1..1000)."""
+        since = _utc(query.since)
+        found = [
+            entry
+            for entry in self._audit
+            if (query.team_id is None or entry.team_id == query.team_id)
+            and (query.user_id is None or entry.user_id == query.user_id)
+            and (query.outcome is None or entry.outcome == query.outcome)
+            and (since is None or entry.at >= since)
+        ]
+        found.sort(key=lambda entry: (entry.at, entry.id), reverse=True)
+        limit = max(1, min(query.limit, MAX_LIMIT))
+        return [dataclasses.replace(entry) for entry in found[:limit]]
+
     def _check_parent(self, run: RunRecord) -> None:
         if run.parent_id is not None and run.parent_id not in self._runs:
             raise ValueError(f"cannot save run {run.id}: no parent run {run.parent_id}")
@@ -129,4 +195,11 @@ def _matches(run: RunRecord, query: RunQuery) -> bool:
         return False
     if until is not None and run.created_at >= until:
         return False
+    before = query.before
+    if before is not None and (run.created_at, run.id) >= (_utc(before.created_at), before.id):
+        return False
     return not query.search or query.search.lower() in run.prompt.lower()
+
+
+def _most_first(counts: Counter) -> dict:
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], str(item[0]))))

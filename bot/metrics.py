@@ -37,6 +37,23 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.pacer_queue_depth = Gauge(
+            "agentbot_pacer_queue_depth",
+            "Live messages whose newest text waits for its chat.update (last seen by a sender).",
+            registry=self.registry,
+        )
+        self.update_staleness = Histogram(
+            "agentbot_slack_update_staleness_seconds",
+            "How long a live message's new text waited before chat.update showed it.",
+            buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.runs_waiting = Gauge(
+            "agentbot_runs_waiting",
+            "Runs waiting in line for a free place (AGENTBOT_MAX_CONCURRENT_RUNS).",
+            registry=self.registry,
+        )
+
     def slack_call(self, method: str, outcome: str) -> None:
         self.slack_calls.labels(method, outcome).inc()
         if outcome == "ratelimited":

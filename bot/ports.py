@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from bot.models import Progress, RunQuery, RunRecord
+from bot.board import BoardView
+from bot.models import (
+    AuditEntry,
+    AuditQuery,
+    Progress,
+    RunQuery,
+    RunRecord,
+    RunStats,
+    StatsQuery,
+)
 
 
 class Sink(Protocol):
@@ -28,6 +37,10 @@ class Sink(Protocol):
         """
         ...
 
+    def queued(self, position: int) -> None:
+        """The run waits in line for a free place (1 = next). Cheap, never blocks."""
+        ...
+
     def progress(self, text: str, progress: Progress) -> None:
         """The text so far. Cheap and never blocks: the sink decides when to show it."""
         ...
@@ -35,6 +48,31 @@ class Sink(Protocol):
     async def finish(self, run: RunRecord) -> None:
         """Show the final state of the run (succeeded, cancelled or failed with partial text);
         returns once the whole output is delivered."""
+        ...
+
+
+class Board(Protocol):
+    """The parent message of a multi-agent run (team, pipeline, comparison): it shows the plan
+    and each part's status, and the parts answer in its thread."""
+
+    @property
+    def writes(self) -> int: ...
+
+    async def open(self, run: RunRecord, view: BoardView) -> None:
+        """Post the parent message; sets `run.message_ts`. Raises `InputError` like
+        `Sink.start` when it cannot be shown at all."""
+        ...
+
+    def show(self, view: BoardView) -> None:
+        """The latest state; cheap, never blocks."""
+        ...
+
+    async def close(self, run: RunRecord, view: BoardView) -> None:
+        """Show the final state; returns once delivered."""
+        ...
+
+    def reply(self, heading: str) -> Sink:
+        """A sink for one part, answering in the parent's thread under `heading`."""
         ...
 
 
@@ -67,4 +105,20 @@ class RunStore(Protocol):
 
     async def ping(self) -> None:
         """Raise if the store cannot answer."""
+        ...
+
+    async def count(self, query: RunQuery) -> int:
+        """How many runs match the query's filters (its `limit` is ignored)."""
+        ...
+
+    async def stats(self, query: StatsQuery) -> RunStats:
+        """Runs by status, kind and user, tokens, p50/p95 duration and runs per UTC day."""
+        ...
+
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Append `entry` to the audit log; return it with its `id` set."""
+        ...
+
+    async def audit_log(self, query: AuditQuery) -> list[AuditEntry]:
+        """Audit entries matching the query, newest first, at most `query.limit`."""
         ...

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import (
@@ -21,8 +24,10 @@ from pydantic_ai.exceptions import (
     UsageLimitExceeded,
 )
 from pydantic_ai.messages import ModelMessage
+from pydantic_ai.usage import UsageLimits
 
 from bot.errors import BotError
+from bot.limits import Admission
 from bot.metrics import Metrics
 from bot.models import Progress, RunRecord, RunStatus, utcnow
 from bot.ports import RunStore, Sink
@@ -44,6 +49,7 @@ class RunPolicy:
     idle_timeout: float = 60.0
     total_timeout: float = 600.0
     retries: int = 2
+    token_budget: int | None = None
     backoff_base: float = 0.5
     backoff_max: float = 8.0
 
@@ -55,8 +61,15 @@ class RunPolicy:
 @dataclass
 class LiveRun:
     run: RunRecord
-    task: asyncio.Task[RunRecord]
+    task: asyncio.Task[Any]
     stop_reason: tuple[RunStatus, str] | None = None
+
+    def absorb_stop(self) -> None:
+        """After catching the CancelledError of `LiveRuns.stop`: take the stop's status and
+        reason and let the task go on to record and show them."""
+        assert self.stop_reason is not None
+        self.task.uncancel()
+        self.run.status, self.run.error = self.stop_reason
 
 
 @dataclass
@@ -71,6 +84,18 @@ class LiveRuns:
     def get(self, run_id: str) -> RunRecord | None:
         live = self._runs.get(run_id)
         return live.run if live else None
+
+    @contextmanager
+    def track(self, run: RunRecord) -> Iterator[LiveRun]:
+        """Make `run`, carried out by the current task, reachable by `stop` while inside."""
+        task = asyncio.current_task()
+        assert task is not None, "runs are carried out inside tasks"
+        live = LiveRun(run=run, task=task)
+        self._runs[run.id] = live
+        try:
+            yield live
+        finally:
+            del self._runs[run.id]
 
     def stop(self, run_id: str, *, status: RunStatus, reason: str) -> bool:
         """Cancel a live run; it ends with `status` (cancelled or interrupted) and `reason`.
@@ -100,10 +125,22 @@ class LiveRuns:
 class Runner:
     """Runs agents and records each run in the store."""
 
-    def __init__(self, *, store: RunStore, metrics: Metrics, live: LiveRuns) -> None:
+    def __init__(
+        self,
+        *,
+        store: RunStore,
+        metrics: Metrics,
+        live: LiveRuns,
+        admission: Admission | None = None,
+        checkpoint_interval: float = 5.0,
+    ) -> None:
+        """`checkpoint_interval`: how often a streaming run's text so far is saved, so that
+        after a crash the restart can show it."""
         self._store = store
         self._metrics = metrics
         self.live = live
+        self._checkpoint_interval = checkpoint_interval
+        self._admission = admission or Admission(capacity=1_000_000)
 
     async def run(
         self,
@@ -118,39 +155,40 @@ class Runner:
 
         Never raises for a failed run: the failure is in the record and shown by the sink.
         """
-        task = asyncio.current_task()
-        assert task is not None, "Runner.run must run inside a task"
-        run.status = RunStatus.RUNNING
-        run.started_at = utcnow()
+        run.status = RunStatus.QUEUED
         await self._store.create(run)
-        live = LiveRun(run=run, task=task)
-        self.live._runs[run.id] = live
         self._metrics.live_runs.inc()
         started = time.monotonic()
+        checkpoints = Checkpoints(self._store, interval=self._checkpoint_interval)
         try:
-            try:
-                await sink.start(run)
-                await self._store.save(run)
-                await self._stream_with_retries(agent, run, sink, policy, history)
-                run.status = RunStatus.SUCCEEDED
-            except asyncio.CancelledError:
-                if live.stop_reason is None:
-                    raise
-                task.uncancel()
-                run.status, run.error = live.stop_reason
-            except BotError as exc:
-                run.status, run.error = RunStatus.FAILED, str(exc)
-            except (TimeoutError, AgentRunError) as exc:
-                run.status, run.error = RunStatus.FAILED, describe_failure(exc, policy)
-            except Exception as exc:  # a bug must still leave an honest record and message
-                log.exception("run %s crashed", run.id)
-                run.status, run.error = RunStatus.FAILED, f"internal error ({type(exc).__name__})"
-            run.finished_at = utcnow()
-            run.duration_ms = round((time.monotonic() - started) * 1000)
-            await self._deliver(run, sink)
-            await self._store.save(run)
+            with self.live.track(run) as live:
+                try:
+                    await sink.start(run)
+                    checkpoints.now(run)  # the message's ts, for a restart to find it
+                    async with self._admission.slot(on_position=sink.queued):
+                        run.status = RunStatus.RUNNING
+                        run.started_at = utcnow()
+                        await self._stream_with_retries(
+                            agent, run, sink, policy, history, checkpoints
+                        )
+                    run.status = RunStatus.SUCCEEDED
+                except asyncio.CancelledError:
+                    if live.stop_reason is None:
+                        raise
+                    live.absorb_stop()
+                except BotError as exc:
+                    run.status, run.error = RunStatus.FAILED, str(exc)
+                except (TimeoutError, AgentRunError) as exc:
+                    run.status, run.error = RunStatus.FAILED, describe_failure(exc, policy)
+                except Exception as exc:  # a bug must still leave an honest record and message
+                    log.exception("run %s crashed", run.id)
+                    crash = f"internal error ({type(exc).__name__})"
+                    run.status, run.error = RunStatus.FAILED, crash
+                run.finished_at = utcnow()
+                run.duration_ms = round((time.monotonic() - started) * 1000)
+                await self._deliver(run, sink)
+                await checkpoints.final(run)
         finally:
-            del self.live._runs[run.id]
             self._metrics.live_runs.dec()
         self._metrics.runs.labels(run.kind.value, run.status.value).inc()
         self._metrics.run_duration.labels(run.kind.value).observe(run.duration_ms / 1000)
@@ -172,11 +210,12 @@ class Runner:
         sink: Sink,
         policy: RunPolicy,
         history: Sequence[ModelMessage] | None,
+        checkpoints: Checkpoints,
     ) -> None:
         attempt = 0
         while True:
             try:
-                await self._stream(agent, run, sink, policy, history)
+                await self._stream(agent, run, sink, policy, history, checkpoints)
                 return
             except TRANSIENT_ERRORS as exc:
                 # Once text is visible a retry would rewrite it; keep the partial answer instead.
@@ -194,6 +233,7 @@ class Runner:
         sink: Sink,
         policy: RunPolicy,
         history: Sequence[ModelMessage] | None,
+        checkpoints: Checkpoints,
     ) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -202,7 +242,11 @@ class Runner:
             async with (
                 asyncio.timeout_at(started + policy.total_timeout) as total,
                 asyncio.timeout_at(started + policy.idle_timeout) as idle,
-                agent.run_stream(run.prompt, message_history=history) as result,
+                agent.run_stream(
+                    run.prompt,
+                    message_history=history,
+                    usage_limits=UsageLimits(total_tokens_limit=policy.token_budget),
+                ) as result,
             ):
                 try:
                     async for delta in result.stream_text(delta=True, debounce_by=None):
@@ -218,6 +262,7 @@ class Runner:
                             elapsed_s=loop.time() - started,
                         )
                         sink.progress(run.output, progress)
+                        checkpoints.maybe(run)
                 finally:
                     _copy_usage(result.usage, run)
                 run.messages_json = result.all_messages_json()
@@ -229,6 +274,49 @@ class Runner:
             else:
                 raise
             raise RunTimeout(limit) from exc
+
+
+class Checkpoints:
+    """Saves a live run now and then, in the background and best effort: a locked or slow
+    database delays the record, never the answer. The final save waits for any checkpoint
+    still under way (so a stale one cannot overwrite it) and is retried."""
+
+    FINAL_TRIES = 4
+
+    def __init__(self, store: RunStore, *, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._last = time.monotonic()
+        self._pending: asyncio.Task[None] | None = None
+
+    def now(self, run: RunRecord) -> None:
+        if self._pending is None or self._pending.done():
+            self._last = time.monotonic()
+            snapshot = dataclasses.replace(run, messages_json=None)
+            self._pending = asyncio.create_task(self._save(snapshot), name=f"checkpoint-{run.id}")
+
+    def maybe(self, run: RunRecord) -> None:
+        if time.monotonic() - self._last >= self._interval:
+            self.now(run)
+
+    async def final(self, run: RunRecord) -> None:
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
+        for attempt in range(1, self.FINAL_TRIES + 1):
+            try:
+                await self._store.save(run)
+                return
+            except Exception:
+                if attempt == self.FINAL_TRIES:
+                    log.exception("run %s: could not save the final record", run.id)
+                    return
+                await asyncio.sleep(0.5 * 2**attempt)
+
+    async def _save(self, snapshot: RunRecord) -> None:
+        try:
+            await self._store.save(snapshot)
+        except Exception as exc:
+            log.warning("run %s: checkpoint not saved (%s)", snapshot.id, exc)
 
 
 class RunTimeout(TimeoutError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -18,12 +19,14 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.agents import AgentRegistry
+from bot.agents import AgentRegistry, ModelFactory
 from bot.config import AppConfig, Settings
+from bot.limits import Admission, Guard
 from bot.metrics import Metrics
 from bot.models import RunStatus
 from bot.runner import LiveRuns, Runner
 from bot.tasks import BackgroundTasks
+from bot.team import Orchestrator
 from handlers import render
 from handlers.app import BotDeps, build_app
 from handlers.pacer import Budget, Pacer, PacerConfig, SlackCallFailed
@@ -54,7 +57,7 @@ class Parts:
 
 
 async def build_parts(
-    settings: Settings, config: AppConfig, *, model: Model | None = None
+    settings: Settings, config: AppConfig, *, model: Model | ModelFactory | None = None
 ) -> Parts:
     """Build and connect every part; creates or upgrades the database schema.
 
@@ -79,8 +82,17 @@ async def build_parts(
         ),
         metrics=metrics,
     )
-    runner = Runner(store=store, metrics=metrics, live=LiveRuns())
+    admission = Admission(capacity=settings.max_concurrent_runs)
+    metrics.runs_waiting.set_function(lambda: admission.waiting)
+    runner = Runner(
+        store=store,
+        metrics=metrics,
+        live=LiveRuns(),
+        admission=admission,
+        checkpoint_interval=settings.checkpoint_interval,
+    )
     background = BackgroundTasks()
+    orchestrator = Orchestrator(runner=runner, agents=agents, store=store)
     deps = BotDeps(
         settings=settings,
         config=config,
@@ -89,6 +101,12 @@ async def build_parts(
         store=store,
         pacer=pacer,
         background=background,
+        orchestrator=orchestrator,
+        guard=Guard(
+            allowed_users=settings.allowed_users,
+            allowed_channels=settings.allowed_channels,
+            runs_per_user_per_minute=settings.user_runs_per_minute,
+        ),
     )
     bolt = build_app(deps, client)
     return Parts(settings, engine, store, metrics, client, pacer, runner, agents, bolt, background)
@@ -112,13 +130,21 @@ class Service:
         return app
 
     async def start(
-        self, *, host: str, port: int, socket_mode: bool = False, app: web.Application | None = None
+        self,
+        *,
+        host: str,
+        port: int,
+        socket_mode: bool = False,
+        app: web.Application | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
-        """Recover from an earlier crash, then listen on `host:port` (0 picks a free port)."""
+        """Recover from an earlier crash, then listen on `host:port` (0 picks a free port),
+        or on `sock` when given: a socket already bound (the playground binds first, to
+        learn its port before it builds the parts)."""
         await self.recover()
         self._web = web.AppRunner(app or self.web_app(), handle_signals=False, access_log=None)
         await self._web.setup()
-        site = web.TCPSite(self._web, host, port)
+        site = web.TCPSite(self._web, host, port) if sock is None else web.SockSite(self._web, sock)
         await site.start()
         self.port = self._web.addresses[0][1]
         if socket_mode:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agents import AgentRegistry
 from bot.config import AppConfig, Settings
-from bot.ports import RunStore
+from bot.limits import Guard
+from bot.ports import RunStore, Sink
 from bot.runner import Runner
 from bot.tasks import BackgroundTasks
-from handlers import actions, commands
-from handlers.pacer import Pacer
+from bot.team import Orchestrator
+from handlers import actions, admin, commands, events, sinks
+from handlers.pacer import Pacer, WorkspacePacer
+from handlers.sinks import Notify
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,26 @@ class BotDeps:
     store: RunStore
     pacer: Pacer
     background: BackgroundTasks
+    orchestrator: Orchestrator
+    guard: Guard = field(default_factory=Guard)
+    # Workspace admins/owners per users.info, cached (for /history).
+    roles: admin.WorkspaceRoles = field(default_factory=admin.WorkspaceRoles)
 
     def is_admin(self, user_id: str) -> bool:
         return user_id in self.settings.admins
+
+    def reply_sink(
+        self, pacer: WorkspacePacer, *, channel: str, thread_ts: str, heading: str, notify: Notify
+    ) -> Sink:
+        """The sink of one answer in a thread, in the configured stream mode."""
+        return sinks.reply_sink(
+            pacer,
+            mode=self.settings.stream_mode,
+            channel=channel,
+            thread_ts=thread_ts,
+            notify=notify,
+            heading=heading,
+        )
 
 
 def build_app(deps: BotDeps, client: AsyncWebClient) -> AsyncApp:
@@ -47,6 +67,8 @@ def build_app(deps: BotDeps, client: AsyncWebClient) -> AsyncApp:
         process_before_response=True,
         raise_error_for_unhandled_request=False,
     )
+    events.register(app, deps)  # first: its middleware drops Slack's retried events
     commands.register(app, deps)
     actions.register(app, deps)
+    admin.register(app, deps)
     return app

@@ -1,86 +1,127 @@
-"""Slash commands: acknowledge at once, then run the agent and stream into Slack."""
+"""Slash commands: check the input, acknowledge at once, then start the work in the background.
+
+`/ask` streams one agent into one message; `/team`, `/pipeline` and `/compare` post a parent
+message (a board) and answer part by part in its thread.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
+from bot.config import CommandSpec
 from bot.models import RunKind, RunRecord, RunStatus, utcnow
-from bot.runner import RunPolicy
-from handlers.sinks import SlackEditSink
+from bot.team import policy_for
+from handlers.board import SlackBoard
+from handlers.sinks import Notify, SlackEditSink
 
 if TYPE_CHECKING:
     from handlers.app import BotDeps
 
 log = logging.getLogger(__name__)
 
+Listener = Callable[[AsyncAck, dict[str, Any], AsyncRespond], Awaitable[None]]
+
+KINDS = {
+    "ask": RunKind.ASK,
+    "team": RunKind.TEAM,
+    "pipeline": RunKind.PIPELINE,
+    "compare": RunKind.COMPARE,
+}
+USAGE = {
+    "ask": ("Ask the agent anything", "summarise the main risks of our Q3 plan in 5 bullets"),
+    "team": ("Give a task to a team of agents working at once", "plan a launch of our beta"),
+    "pipeline": ("Run the staged pipeline on a topic", "serverless databases in 2026"),
+    "compare": ("Ask several models the same thing", "explain CRDTs in three sentences"),
+}
+
 
 def register(app: AsyncApp, deps: BotDeps) -> None:
     for name, spec in deps.config.commands.items():
-        if spec.kind == "ask":
-            app.command(name)(_ask_listener(deps, agent_name=spec.agent))
+        app.command(name)(_listener(deps, spec))
 
 
-def usage(command: str) -> str:
-    return (
-        f"Ask the agent anything: `{command} <your question>`\n"
-        f"For example: `{command} summarise the main risks of our Q3 plan in 5 bullets`"
-    )
+def usage(command: str, kind: str = "ask") -> str:
+    what, example = USAGE[kind]
+    return f"{what}: `{command} <your text>`\nFor example: `{command} {example}`"
 
 
-def _ask_listener(deps: BotDeps, *, agent_name: str):
-    async def ask(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
+def _listener(deps: BotDeps, spec: CommandSpec) -> Listener:
+    async def listener(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
         prompt = (command.get("text") or "").strip()
         name = command.get("command") or "/ask"
-        built = deps.agents.get(agent_name)
         run = RunRecord(
-            kind=RunKind.ASK,
+            kind=KINDS[spec.kind],
             prompt=prompt,
             command=name,
-            agent=built.name,
-            model=built.model_name,
             team_id=command.get("team_id"),
             channel_id=command.get("channel_id"),
             user_id=command.get("user_id"),
         )
-        problem = _check_prompt(prompt, limit=deps.settings.max_prompt_chars)
+        if spec.kind in ("ask", "compare"):
+            built = deps.agents.get(spec.agent)
+            run.agent, run.model = built.name, built.model_name
+        problem = check_prompt(prompt, limit=deps.settings.max_prompt_chars)
         if problem is not None:
-            await ack(text=f"{problem}\n\n{usage(name)}")
-            await _record_refusal(deps, run, problem)
+            await ack(text=f"{problem}\n\n{usage(name, spec.kind)}")
+            await record_refusal(deps, run, problem)
+            return
+        refusal = deps.guard.refusal(user_id=run.user_id, channel_id=run.channel_id)
+        if refusal is not None:
+            await ack(text=refusal)
+            await record_refusal(deps, run, refusal)
             return
         await ack()
 
         async def notify(text: str) -> None:
             await respond(text=text, response_type="ephemeral", replace_original=False)
 
-        sink = SlackEditSink(
-            deps.pacer.workspace(run.team_id), channel=run.channel_id or "", notify=notify
-        )
-        spec = built.spec
-        policy = RunPolicy(
-            idle_timeout=spec.idle_timeout, total_timeout=spec.total_timeout, retries=spec.retries
-        )
-        deps.background.spawn(
-            deps.runner.run(built.agent, run, sink=sink, policy=policy), name=f"run-{run.id}"
-        )
+        deps.background.spawn(_work(deps, spec, run, notify), name=f"run-{run.id}")
 
-    return ask
+    return listener
 
 
-def _check_prompt(prompt: str, *, limit: int) -> str | None:
+def _work(deps: BotDeps, spec: CommandSpec, run: RunRecord, notify: Notify) -> Awaitable[Any]:
+    pacer = deps.pacer.workspace(run.team_id)
+    channel = run.channel_id or ""
+    if spec.kind == "ask":
+        built = deps.agents.get(spec.agent)
+        sink = SlackEditSink(pacer, channel=channel, notify=notify)
+        return deps.runner.run(built.agent, run, sink=sink, policy=policy_for(built))
+
+    def reply(thread_ts: str, heading: str):
+        return deps.reply_sink(
+            pacer, channel=channel, thread_ts=thread_ts, heading=heading, notify=notify
+        )
+
+    board = SlackBoard(pacer, channel=channel, notify=notify, make_reply=reply)
+    orchestrator = deps.orchestrator
+    match spec.kind:
+        case "team":
+            return orchestrator.team(run, deps.config.teams[spec.team], board)
+        case "pipeline":
+            return orchestrator.pipeline(run, deps.config.pipelines[spec.pipeline], board)
+        case "compare":
+            models = spec.models or list(deps.settings.compare_models) or [deps.settings.model]
+            return orchestrator.compare(run, spec.agent, models, board)
+    raise AssertionError(f"unknown command kind {spec.kind!r}")
+
+
+def check_prompt(prompt: str, *, limit: int) -> str | None:
     if not prompt:
-        return "Your question is empty."
+        return "Your request is empty."
     if len(prompt) > limit:
         return (
-            f"Your question is {len(prompt):,} characters long; the limit is {limit:,}. "
+            f"Your request is {len(prompt):,} characters long; the limit is {limit:,}. "
             "Shorten it, or put the long part in a file and ask about its key points."
         )
     return None
 
 
-async def _record_refusal(deps: BotDeps, run: RunRecord, problem: str) -> None:
+async def record_refusal(deps: BotDeps, run: RunRecord, problem: str) -> None:
     """A refused request is still a recorded run, so that admins see what users tried."""
     run.status = RunStatus.FAILED
     run.error = f"refused: {problem}"

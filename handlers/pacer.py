@@ -63,7 +63,22 @@ class Budget:
 class PacerConfig:
     interval: float = 1.0
     chat_update: Budget = Budget(per_minute=50, burst=5)
-    post_per_channel: Budget = Budget(per_minute=60, burst=3)
+    # About one a second per channel, with a burst that lets a team post its replies at once.
+    post_per_channel: Budget = Budget(per_minute=60, burst=5)
+    # Slack's native streaming (DESIGN.md §4): start/stop are Tier 2, append is Tier 4.
+    chat_start_stream: Budget = Budget(per_minute=20, burst=3)
+    chat_append_stream: Budget = Budget(per_minute=100, burst=5)
+    chat_stop_stream: Budget = Budget(per_minute=20, burst=3)
+    # Slack ends a stream after about 5 minutes; stop appending a little before that.
+    stream_max_age: float = 270.0
+
+    def budget_for(self, method: str) -> Budget | None:
+        """The budget of a paced method other than chat.update, or None if it has none."""
+        return {
+            "chat.startStream": self.chat_start_stream,
+            "chat.appendStream": self.chat_append_stream,
+            "chat.stopStream": self.chat_stop_stream,
+        }.get(method)
 
 
 class SlackCallFailed(Exception):
@@ -108,6 +123,7 @@ class LiveMessage:
     latest: tuple[str, list[dict[str, Any]]] | None = None
     final: bool = False
     dirty: bool = False
+    dirty_since: float = 0.0
     last_sent: float = float("-inf")
     writes: int = 0
     failures: int = 0
@@ -120,6 +136,8 @@ class LiveMessage:
             return
         self.latest = (text, blocks)
         self.final = final
+        if not self.dirty:
+            self.dirty_since = self._pacer._clock()
         self.dirty = True
         self._pacer._wake.set()
 
@@ -152,6 +170,16 @@ class WorkspacePacer:
         self._messages: set[LiveMessage] = set()
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+        self._method_buckets: dict[str, TokenBucket] = {"chat.update": self._update_bucket}
+        self._turn_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def config(self) -> PacerConfig:
+        return self._config
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     # -- live messages (chat.update) -------------------------------------------------------
 
@@ -186,6 +214,7 @@ class WorkspacePacer:
                 except TimeoutError:
                     pass
                 continue
+            self._metrics.pacer_queue_depth.set(self.queue_depth)
             gate = max(self._update_bucket.wait_time(), self._pause_left("chat.update"))
             if gate > 0:
                 await asyncio.sleep(gate)
@@ -237,6 +266,7 @@ class WorkspacePacer:
             return
         message.failures = 0
         message.last_sent = self._clock()
+        self._metrics.update_staleness.observe(message.last_sent - message.dirty_since)
         if was_final and not message.dirty:
             self._retire(message)
 
@@ -283,6 +313,41 @@ class WorkspacePacer:
             return await self._call(method, **kwargs)
         except RateLimited as exc:
             raise SlackCallFailed(method, "ratelimited") from exc
+
+    # -- paced calls (chat.*Stream) -------------------------------------------------------
+
+    async def wait_turn(self, method: str) -> None:
+        """Wait until `method` may be called: a token in its budget (if it has one) and no
+        pause from an earlier 429; the token is taken. Waiters are served in order."""
+        bucket = self._method_bucket(method)
+        lock = self._turn_locks.setdefault(method, asyncio.Lock())
+        async with lock:
+            while True:
+                gate = max(bucket.wait_time() if bucket else 0.0, self._pause_left(method))
+                if gate <= 0:
+                    break
+                await asyncio.sleep(gate)
+            if bucket is not None:
+                bucket.take()
+
+    async def paced_call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        """`method` once, within its budget and after any 429 pause of that method.
+
+        A 429 pauses only `method` for `Retry-After` and raises `SlackCallFailed` with error
+        "ratelimited" (the caller decides what to send once the pause is over); any other
+        failure raises `SlackCallFailed` too.
+        """
+        await self.wait_turn(method)
+        return await self.call(method, **kwargs)
+
+    def _method_bucket(self, method: str) -> TokenBucket | None:
+        bucket = self._method_buckets.get(method)
+        if bucket is None:
+            budget = self._config.budget_for(method)
+            if budget is None:
+                return None
+            bucket = self._method_buckets[method] = TokenBucket(budget, self._clock)
+        return bucket
 
     # -- the one place that talks to Slack ------------------------------------------------
 

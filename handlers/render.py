@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bot.board import BoardView, ItemStatus
 from bot.models import Progress, RunRecord, RunStatus
 
 ANSWER_CHUNK_BYTES = 3900
@@ -83,10 +84,23 @@ def asked_line(user_id: str | None, prompt: str, *, command: str | None = None) 
     return f"{who} asked{via}: {_quote_inline(shown)}"
 
 
-def live_message(run: RunRecord, text: str, progress: Progress | None) -> SlackMessage:
-    """The message while the run streams: the text so far, a live footer and a Stop button."""
+def live_message(
+    run: RunRecord,
+    text: str,
+    progress: Progress | None,
+    *,
+    heading: str | None = None,
+    queued: int | None = None,
+) -> SlackMessage:
+    """The message while the run streams: the text so far, a live footer and a Stop button.
+
+    `heading` replaces the default first line ("<@U> asked: …"), e.g. for a team's subtask;
+    `queued` is the run's place in line while it waits for a free place.
+    """
     body = tail_that_fits(text) if text else "_thinking…_"
-    if progress is None:
+    if queued is not None:
+        status = f"⏳ queued, position {queued}: agentbot is busy, your run starts soon"
+    elif progress is None:
         status = "⏳ thinking…"
     else:
         status = (
@@ -94,27 +108,15 @@ def live_message(run: RunRecord, text: str, progress: Progress | None) -> SlackM
             f"{progress.elapsed_s:.0f} s"
         )
     blocks: Blocks = [
-        _context(asked_line(run.user_id, run.prompt, command=run.command)),
+        _context(heading or asked_line(run.user_id, run.prompt, command=run.command)),
         _markdown(body),
         _context(status),
-        {
-            "type": "actions",
-            "block_id": "run_controls",
-            "elements": [
-                {
-                    "type": "button",
-                    "action_id": STOP_ACTION_ID,
-                    "text": {"type": "plain_text", "text": "Stop"},
-                    "style": "danger",
-                    "value": run.id,
-                }
-            ],
-        },
+        _stop_button(run.id),
     ]
     return SlackMessage(text=_notification(text or "thinking…"), blocks=blocks)
 
 
-def final_messages(run: RunRecord) -> list[SlackMessage]:
+def final_messages(run: RunRecord, *, heading: str | None = None) -> list[SlackMessage]:
     """The finished run: the first message (which replaces the live one), then thread replies.
 
     The whole output is shown across them, in order, nothing dropped.
@@ -125,7 +127,7 @@ def final_messages(run: RunRecord) -> list[SlackMessage]:
     footer = footer_line(run)
     if len(chunks) > 1:
         footer += f" · continued in thread ({len(chunks) - 1} more)"
-    blocks: Blocks = [_context(asked_line(run.user_id, run.prompt, command=run.command))]
+    blocks: Blocks = [_context(heading or asked_line(run.user_id, run.prompt, command=run.command))]
     if first_body:
         blocks.append(_markdown(first_body))
     if notice:
@@ -177,6 +179,22 @@ def _quote_inline(text: str) -> str:
     return flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _stop_button(run_id: str) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "block_id": "run_controls",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": STOP_ACTION_ID,
+                "text": {"type": "plain_text", "text": "Stop"},
+                "style": "danger",
+                "value": run_id,
+            }
+        ],
+    }
+
+
 def _markdown(text: str) -> dict[str, Any]:
     return {"type": "markdown", "text": text}
 
@@ -187,3 +205,39 @@ def _section(text: str) -> dict[str, Any]:
 
 def _context(text: str) -> dict[str, Any]:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
+BOARD_ICONS = {
+    ItemStatus.PLANNED: "⏳",
+    ItemStatus.RUNNING: "✍️",
+    ItemStatus.DONE: "✅",
+    ItemStatus.FAILED: "⚠️",
+    ItemStatus.CANCELLED: "⏹️",
+    ItemStatus.SKIPPED: "⏭️",
+}
+SECTION_BYTES = 3000
+
+
+def board_message(run: RunRecord, view: BoardView, *, final: bool) -> SlackMessage:
+    """The parent of a team, pipeline or comparison: the task, one line per part with its
+    status, and (while live) a Stop button that stops every part."""
+    lines = [
+        f"{BOARD_ICONS[item.status]} {item.label}" + (f" — _{item.detail}_" if item.detail else "")
+        for item in view.items
+    ]
+    blocks: Blocks = [
+        _context(asked_line(run.user_id, run.prompt, command=run.command)),
+        _section(f"*{view.title}* · {view.phase}"),
+    ]
+    if lines:
+        blocks.append(_section(tail_that_fits("\n".join(lines), SECTION_BYTES)))
+    notice = status_notice(run) if final and run.status is not RunStatus.SUCCEEDED else None
+    if final and run.status is RunStatus.SUCCEEDED and run.error:
+        notice = f"⚠️ {run.error}."  # e.g. some subtasks failed but the team still answered
+    if notice:
+        blocks.append(_section(notice.replace(" Partial answer kept above.", "")))
+    if final:
+        blocks.append(_context(f"{view.summary or ''} · answers in the thread ↓".lstrip(" ·")))
+    else:
+        blocks.append(_stop_button(run.id))
+    return SlackMessage(text=_notification(f"{view.title}: {view.phase}"), blocks=blocks)

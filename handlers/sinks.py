@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from bot.errors import InputError, RunFailed
 from bot.models import Progress, RunRecord
+from bot.ports import Sink
 from handlers import render
 from handlers.pacer import SlackCallFailed, WorkspacePacer
 
@@ -16,6 +17,32 @@ Notify = Callable[[str], Awaitable[None]]
 """Tells the requesting user something privately (an ephemeral reply)."""
 
 NOT_IN_CHANNEL = "I'm not in this channel yet: invite me with `/invite @agentbot`, then try again."
+
+
+async def post_first_message(
+    pacer: WorkspacePacer,
+    channel: str,
+    message: render.SlackMessage,
+    *,
+    notify: Notify,
+    thread_ts: str | None = None,
+) -> str:
+    """Post the message a run starts with; return its ts.
+
+    When Slack refuses, the user is told why (privately) and `InputError` (the bot is not in
+    the channel) or `RunFailed` is raised.
+    """
+    try:
+        posted = await pacer.post(
+            channel, text=message.text, blocks=message.blocks, thread_ts=thread_ts
+        )
+    except SlackCallFailed as exc:
+        if exc.error in ("not_in_channel", "channel_not_found"):
+            await notify(NOT_IN_CHANNEL)
+            raise InputError(f"the bot is not in channel {channel} ({exc.error})") from exc
+        await notify(f"⚠️ I could not post in this channel ({exc.error}).")
+        raise RunFailed(f"could not post the message ({exc.error})") from exc
+    return posted["ts"]
 
 
 class SlackEditSink:
@@ -32,11 +59,15 @@ class SlackEditSink:
         channel: str,
         notify: Notify,
         thread_ts: str | None = None,
+        heading: str | None = None,
     ) -> None:
+        """`thread_ts` makes the message a reply in that thread; `heading` replaces the
+        default first line of the message."""
         self._pacer = pacer
         self._channel = channel
         self._notify = notify
         self._thread_ts = thread_ts
+        self._heading = heading
         self._posts = 0
         self._live = None
         self._run: RunRecord | None = None
@@ -47,33 +78,29 @@ class SlackEditSink:
 
     async def start(self, run: RunRecord) -> None:
         self._run = run
-        first = render.live_message(run, "", None)
-        try:
-            self._posts += 1
-            posted = await self._pacer.post(
-                self._channel, text=first.text, blocks=first.blocks, thread_ts=self._thread_ts
-            )
-        except SlackCallFailed as exc:
-            if exc.error in ("not_in_channel", "channel_not_found"):
-                await self._notify(NOT_IN_CHANNEL)
-                raise InputError(
-                    f"the bot is not in channel {self._channel} ({exc.error})"
-                ) from exc
-            await self._notify(f"⚠️ I could not post in this channel ({exc.error}).")
-            raise RunFailed(f"could not post the message ({exc.error})") from exc
-        run.message_ts = posted["ts"]
+        first = render.live_message(run, "", None, heading=self._heading)
+        self._posts += 1
+        run.message_ts = await post_first_message(
+            self._pacer, self._channel, first, notify=self._notify, thread_ts=self._thread_ts
+        )
         run.thread_ts = self._thread_ts
         self._live = self._pacer.track(self._channel, run.message_ts)
+
+    def queued(self, position: int) -> None:
+        if self._live is None or self._run is None:
+            return
+        message = render.live_message(self._run, "", None, heading=self._heading, queued=position)
+        self._live.set(message.text, message.blocks)
 
     def progress(self, text: str, progress: Progress) -> None:
         if self._live is None or self._run is None:
             return
-        message = render.live_message(self._run, text, progress)
+        message = render.live_message(self._run, text, progress, heading=self._heading)
         self._live.set(message.text, message.blocks)
 
     async def finish(self, run: RunRecord) -> None:
         assert self._live is not None, "finish() before start()"
-        first, *rest = render.final_messages(run)
+        first, *rest = render.final_messages(run, heading=self._heading)
         self._live.set(first.text, first.blocks, final=True)
         try:
             await self._live.wait_delivered()
@@ -87,3 +114,27 @@ class SlackEditSink:
             await self._pacer.post(
                 self._channel, text=message.text, blocks=message.blocks, thread_ts=reply_to
             )
+
+
+def reply_sink(
+    pacer: WorkspacePacer,
+    *,
+    mode: str,
+    channel: str,
+    thread_ts: str,
+    notify: Notify,
+    heading: str | None = None,
+) -> Sink:
+    """The sink of one answer in a thread: Slack's native streaming (`mode` "native") or an
+    edited reply ("edit"). In native mode `heading` is the bold first line of the reply."""
+    if mode == "native":
+        from handlers.stream_sink import SlackStreamSink  # it imports this module
+
+        return SlackStreamSink(
+            pacer, channel=channel, thread_ts=thread_ts, notify=notify, heading=heading
+        )
+    if mode == "edit":
+        return SlackEditSink(
+            pacer, channel=channel, notify=notify, thread_ts=thread_ts, heading=heading
+        )
+    raise ValueError(f"unknown stream mode {mode!r} (expected 'edit' or 'native')")

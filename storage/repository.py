@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import defer
 
-from bot.models import RunQuery, RunRecord, RunStatus, utcnow
+from bot.models import (
+    AuditEntry,
+    AuditQuery,
+    RunQuery,
+    RunRecord,
+    RunStats,
+    RunStatus,
+    StatsQuery,
+    utcnow,
+)
 from storage.db import check, first_line
-from storage.tables import RunRow, record_from_row, row_from_record, row_values
+from storage.history import MAX_LIMIT, run_conditions, run_stats, runs_page
+from storage.search import candidate_ids, sqlite_search_ready
+from storage.tables import (
+    AuditRow,
+    RunRow,
+    audit_entry,
+    audit_row,
+    record_from_row,
+    row_from_record,
+    row_values,
+)
 
-MAX_LIMIT = 1000
-LIKE_ESCAPE = "\\"
 UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 
@@ -30,6 +46,7 @@ class SqlRunStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._search_ready: bool | None = None  # SQLite: is the FTS index there and current?
 
     async def create(self, run: RunRecord) -> None:
         """Insert a new run; `ValueError` if its id exists or its parent does not."""
@@ -57,13 +74,12 @@ class SqlRunStore:
     async def query(self, query: RunQuery) -> list[RunRecord]:
         """Runs matching every filter of `query`, newest first, at most `query.limit`
         (clamped to 1..1000)."""
-        stmt = (
-            _without_messages()
-            .where(*_conditions(query))
-            .order_by(RunRow.created_at.desc(), RunRow.id.desc())
-            .limit(max(1, min(query.limit, MAX_LIMIT)))
-        )
-        return await self._records(stmt)
+        async with self._sessions() as session:
+            candidates = await self._search_candidates(session, query)
+            if candidates == []:
+                return []
+            rows = (await session.scalars(runs_page(query, candidates=candidates))).all()
+            return [record_from_row(row, with_messages=False) for row in rows]
 
     async def mark_interrupted(self, reason: str) -> list[RunRecord]:
         """Mark every `queued`/`running` run `interrupted` with `reason`; return them."""
@@ -111,6 +127,58 @@ class SqlRunStore:
     async def ping(self) -> None:
         await check(self._engine)
 
+    async def count(self, query: RunQuery) -> int:
+        """How many runs match the query's filters (its `limit` is ignored)."""
+        async with self._sessions() as session:
+            candidates = await self._search_candidates(session, query)
+            if candidates == []:
+                return 0
+            where = run_conditions(query, candidates=candidates)
+            stmt = select(func.count()).select_from(RunRow).where(*where)
+            return (await session.execute(stmt)).scalar_one()
+
+    async def _search_candidates(self, session: AsyncSession, query: RunQuery) -> list[str] | None:
+        """The ids the search index allows for `query.search`, or None: no narrowing."""
+        if not query.search or self._engine.dialect.name != "sqlite":
+            return None
+        if self._search_ready is None:
+            self._search_ready = await sqlite_search_ready(await session.connection())
+        if not self._search_ready:
+            return None
+        return await candidate_ids(session, query.search)
+
+    async def stats(self, query: StatsQuery) -> RunStats:
+        """Runs by status, kind and user, tokens, p50/p95 duration and runs per UTC day."""
+        async with self._sessions() as session:
+            return await run_stats(session, query, dialect=self._engine.dialect.name)
+
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Append `entry` to the audit log; return a copy with its `id` set."""
+        row = audit_row(entry)
+        async with self._sessions.begin() as session:
+            session.add(row)
+            await session.flush()
+            return audit_entry(row)
+
+    async def audit_log(self, query: AuditQuery) -> list[AuditEntry]:
+        """Audit entries matching the query, newest first, at most `query.limit` (1..1000)."""
+        equal = (
+            (AuditRow.team_id, query.team_id),
+            (AuditRow.user_id, query.user_id),
+            (AuditRow.outcome, query.outcome.value if query.outcome is not None else None),
+        )
+        conditions = [column == value for column, value in equal if value is not None]
+        if query.since is not None:
+            conditions.append(AuditRow.at >= query.since)
+        stmt = (
+            select(AuditRow)
+            .where(*conditions)
+            .order_by(AuditRow.at.desc(), AuditRow.id.desc())
+            .limit(max(1, min(query.limit, MAX_LIMIT)))
+        )
+        async with self._sessions() as session:
+            return [audit_entry(row) for row in (await session.scalars(stmt)).all()]
+
     async def _records(self, stmt: Select[tuple[RunRow]]) -> list[RunRecord]:
         async with self._sessions() as session:
             rows = (await session.scalars(stmt)).all()
@@ -119,34 +187,6 @@ class SqlRunStore:
 
 def _without_messages() -> Select[tuple[RunRow]]:
     return select(RunRow).options(defer(RunRow.messages_json, raiseload=True))
-
-
-def _conditions(query: RunQuery) -> Sequence[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    equal = (
-        (RunRow.user_id, query.user_id),
-        (RunRow.channel_id, query.channel_id),
-        (RunRow.team_id, query.team_id),
-        (RunRow.parent_id, query.parent_id),
-        (RunRow.status, query.status.value if query.status is not None else None),
-        (RunRow.kind, query.kind.value if query.kind is not None else None),
-    )
-    conditions.extend(column == value for column, value in equal if value is not None)
-    if query.since is not None:
-        conditions.append(RunRow.created_at >= query.since)
-    if query.until is not None:
-        conditions.append(RunRow.created_at < query.until)
-    if query.search:
-        pattern = f"%{escape_like(query.search)}%"
-        conditions.append(RunRow.prompt.ilike(pattern, escape=LIKE_ESCAPE))
-    return conditions
-
-
-def escape_like(text: str) -> str:
-    """`text` with LIKE's wildcards (and the escape character) taken literally."""
-    for char in (LIKE_ESCAPE, "%", "_"):
-        text = text.replace(char, LIKE_ESCAPE + char)
-    return text
 
 
 def _upsert(dialect: str, values: dict[str, Any]) -> Any:

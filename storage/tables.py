@@ -1,4 +1,5 @@
-"""The `runs` table and the conversions between its rows and `RunRecord`s."""
+"""The `runs` and `audit` tables and the conversions between their rows and the core's
+records."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bot.models import RunKind, RunRecord, RunStatus
+from bot.models import AuditEntry, AuditOutcome, RunKind, RunRecord, RunStatus
 
 # Named constraints keep migrations (and SQLite batch mode) deterministic.
 NAMING_CONVENTION = {
@@ -94,12 +95,36 @@ class RunRow(Base):
     messages_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
     __table_args__ = (
-        Index("ix_runs_created_at", "created_at"),
+        Index(
+            "ix_runs_created_at_stats",
+            "created_at",
+            "status",
+            "kind",
+            "user_id",
+            "duration_ms",
+            "input_tokens",
+            "output_tokens",
+        ),
         Index("ix_runs_user_id_created_at", "user_id", "created_at"),
         Index("ix_runs_channel_id_created_at", "channel_id", "created_at"),
         Index("ix_runs_status_created_at", "status", "created_at"),
         Index("ix_runs_kind_created_at", "kind", "created_at"),
-        Index("ix_runs_team_id_created_at", "team_id", "created_at"),
+        # Migration 0003: workspace first, for /history's filters and (covering) its stats.
+        Index("ix_runs_team_id_user_id_created_at", "team_id", "user_id", "created_at"),
+        Index("ix_runs_team_id_channel_id_created_at", "team_id", "channel_id", "created_at"),
+        Index("ix_runs_team_id_status_created_at", "team_id", "status", "created_at"),
+        Index("ix_runs_team_id_kind_created_at", "team_id", "kind", "created_at"),
+        Index(
+            "ix_runs_team_id_created_at_stats",
+            "team_id",
+            "created_at",
+            "status",
+            "kind",
+            "user_id",
+            "duration_ms",
+            "input_tokens",
+            "output_tokens",
+        ),
         Index("ix_runs_parent_id", "parent_id"),
         Index("ix_runs_channel_id_thread_ts", "channel_id", "thread_ts"),
         Index("ix_runs_channel_id_message_ts", "channel_id", "message_ts"),
@@ -136,4 +161,52 @@ def record_from_row(row: RunRow, *, with_messages: bool = True) -> RunRecord:
         id=row.id,
         messages_json=row.messages_json if with_messages else None,
         **values,
+    )
+
+
+class AuditRow(Base):
+    """One use of an admin command (`AuditEntry`), same field names."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    team_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    channel_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    command: Mapped[str] = mapped_column(Text, nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index("ix_audit_at", "at"),
+        Index("ix_audit_team_id_at", "team_id", "at"),
+    )
+
+
+def audit_row(entry: AuditEntry) -> AuditRow:
+    return AuditRow(
+        at=entry.at,
+        team_id=entry.team_id,
+        channel_id=entry.channel_id,
+        user_id=entry.user_id,
+        command=entry.command,
+        text=entry.text,
+        outcome=AuditOutcome(entry.outcome).value,
+        detail=entry.detail,
+    )
+
+
+def audit_entry(row: AuditRow) -> AuditEntry:
+    return AuditEntry(
+        id=row.id,
+        at=row.at,
+        team_id=row.team_id,
+        channel_id=row.channel_id,
+        user_id=row.user_id,
+        command=row.command,
+        text=row.text,
+        outcome=AuditOutcome(row.outcome),
+        detail=row.detail,
     )

@@ -13,7 +13,7 @@ from pydantic_ai import models
 from pydantic_ai.models import Model
 
 from bot.config import AppConfig, Settings
-from bot.models import RunQuery, RunRecord
+from bot.models import RunKind, RunQuery, RunRecord
 from bot.playground.emulator import SlackEmulator
 from bot.server import Service, build_parts
 
@@ -75,15 +75,17 @@ class Bot:
         return await self.store.query(RunQuery(**filters))
 
     async def wait_for_run(
-        self, *, status_final: bool = True, count: int = 1, timeout: float = 15.0
+        self, *, count: int = 1, kind: RunKind | None = None, timeout: float = 15.0
     ) -> list[RunRecord]:
-        """Wait (on emulator activity) until `count` runs have finished; return them."""
+        """Wait (on emulator activity) until `count` runs (of `kind`) have finished and
+        their work is over; return the runs (of `kind`)."""
         runs: list[RunRecord] = []
 
         async def done() -> bool:
             nonlocal runs
-            runs = await self.runs()
-            return len([r for r in runs if r.status.is_final]) >= count
+            runs = await self.runs(kind=kind)
+            finished = len([r for r in runs if r.status.is_final]) >= count
+            return finished and len(self.service.parts.background) == 0
 
         await wait_until(done, self.emulator, timeout=timeout)
         return runs

@@ -107,7 +107,7 @@ async def test_empty_prompt_gets_usage_and_no_model_call(start_bot, emulator):
     bot = await start_bot(script.model())
     status, body, _ = await bot.command("   ")
     assert status == 200
-    assert "empty" in body and "/ask <your question>" in body
+    assert "empty" in body and "/ask <your text>" in body
     assert script.calls == []
     assert emulator.calls_to("chat.postMessage") == []
     [run] = await bot.runs()
@@ -289,7 +289,9 @@ async def test_healthz_and_metrics(start_bot, emulator):
             text = await resp.text()
     assert 'agentbot_runs_total{kind="ask",status="succeeded"} 1.0' in text
     assert 'agentbot_slack_calls_total{method="chat.postMessage",outcome="ok"}' in text
-    assert "agentbot_live_runs 0.0" in text
+    assert "agentbot_live_runs 0.0" in text and "agentbot_runs_waiting 0.0" in text
+    assert "agentbot_slack_update_staleness_seconds_count" in text
+    assert "agentbot_pacer_queue_depth" in text
     assert "agentbot_run_duration_seconds_bucket" in text
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,8 +17,7 @@ from bot.models import RECORD_FIELDS, RunKind, RunRecord, RunStatus
 from storage.db import create_engine, upgrade
 from storage.repository import SqlRunStore
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, base_env, bot_process
 
 
 async def agentbot(
@@ -33,18 +30,11 @@ async def agentbot(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**_base_env(), **(env or {})},
+        env={**base_env(), **(env or {})},
         cwd=cwd or ROOT,
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode, out.decode(), err.decode()
-
-
-def _base_env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 @pytest.fixture
@@ -175,75 +165,29 @@ def test_parse_since_forms():
         parse_since("soon", now=now)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_serve_process_answers_and_shuts_down_gracefully(emulator, tmp_path):
     """`agentbot serve` as a real process: /ask with the demo model, then SIGTERM mid-stream."""
-    import aiohttp
-
-    port = free_port()
     env = {
-        **_base_env(),
         "SLACK_BOT_TOKEN": BOT_TOKEN,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
         "SLACK_API_URL": emulator.api_url,
         "AGENTBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
         "AGENTBOT_SHUTDOWN_GRACE": "0.5",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):  # bounded: ~10 s for the process to come up
-                try:
-                    async with http.get(f"{url}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await emulator.wait_for(
-                        lambda: False, timeout=0.05
-                    ) if False else await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("serve did not become healthy")
-        status, _, _ = await emulator.send_slash_command(
-            f"{url}/slack/events", "/ask", "hello there"
-        )
+    async with bot_process("serve", "--host", "127.0.0.1", env=env, cwd=tmp_path) as bot:
+        status, _, _ = await emulator.send_slash_command(f"{bot.url}/slack/events", "/ask", "hi")
         assert status == 200
         # The demo model streams for several seconds; stop the process while it does.
         await emulator.wait_for(lambda: len(emulator.calls_to("chat.update")) >= 1, timeout=15)
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 30)
-        assert process.returncode == 0
-        [message] = emulator.messages("C123")
-        assert "Interrupted" in str(message.blocks) and "shut down" in str(message.blocks)
-        assert "Demo model" in str(message.blocks)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    _code, out, _ = await agentbot(
+        bot.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(bot.process.wait(), 30)
+        assert bot.process.returncode == 0
+    [message] = emulator.messages("C123")
+    assert "Interrupted" in str(message.blocks) and "shut down" in str(message.blocks)
+    assert "Demo model" in str(message.blocks)
+    _, out, _ = await agentbot(
         "history", "--json", env={"AGENTBOT_DATABASE_URL": env["AGENTBOT_DATABASE_URL"]}
     )
     [run] = json.loads(out)
-    assert (
-        run["status"] == "interrupted"
-        and run["model"] == "demo"
-        and run["message_ts"] == message.ts
-    )
+    assert run["status"] == "interrupted" and run["model"] == "demo"
+    assert run["message_ts"] == message.ts

@@ -18,25 +18,37 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import ConfigError
-from bot.models import RunKind, RunRecord
+from bot.models import AuditEntry, RunKind, RunQuery, RunRecord
 from storage.db import check, create_engine, upgrade
 from storage.repository import SqlRunStore
+from storage.search import is_search_object
 from storage.tables import Base, RunRow
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 INDEXES = {
-    "ix_runs_created_at": ["created_at"],
+    "ix_runs_created_at_stats": [
+        "created_at", "status", "kind", "user_id", "duration_ms", "input_tokens", "output_tokens",
+    ],
     "ix_runs_user_id_created_at": ["user_id", "created_at"],
     "ix_runs_channel_id_created_at": ["channel_id", "created_at"],
     "ix_runs_status_created_at": ["status", "created_at"],
     "ix_runs_kind_created_at": ["kind", "created_at"],
-    "ix_runs_team_id_created_at": ["team_id", "created_at"],
+    "ix_runs_team_id_user_id_created_at": ["team_id", "user_id", "created_at"],
+    "ix_runs_team_id_channel_id_created_at": ["team_id", "channel_id", "created_at"],
+    "ix_runs_team_id_status_created_at": ["team_id", "status", "created_at"],
+    "ix_runs_team_id_kind_created_at": ["team_id", "kind", "created_at"],
+    "ix_runs_team_id_created_at_stats": [
+        "team_id", "created_at", "status", "kind", "user_id", "duration_ms", "input_tokens",
+        "output_tokens",
+    ],
     "ix_runs_parent_id": ["parent_id"],
     "ix_runs_channel_id_thread_ts": ["channel_id", "thread_ts"],
     "ix_runs_channel_id_message_ts": ["channel_id", "message_ts"],
-}
+}  # fmt: skip
+AUDIT_INDEXES = {"ix_audit_at": ["at"], "ix_audit_team_id_at": ["team_id", "at"]}
+HEAD = "0003"
 
 
 @pytest.fixture(scope="session")
@@ -105,17 +117,32 @@ def schema_facts(connection: Connection) -> dict[str, Any]:
     inspector = inspect(connection)
     version = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
     return {
-        "tables": sorted(inspector.get_table_names()),
+        "tables": sorted(t for t in inspector.get_table_names() if not is_search_object(t)),
+        "search": sorted(t for t in inspector.get_table_names() if is_search_object(t)),
         "columns": {column["name"] for column in inspector.get_columns("runs")},
-        "indexes": {
-            index["name"]: index["column_names"] for index in inspector.get_indexes("runs")
-        },
+        "indexes": _indexes(inspector, "runs"),
+        "audit_columns": {column["name"] for column in inspector.get_columns("audit")},
+        "audit_indexes": _indexes(inspector, "audit"),
         "versions": list(version),
     }
 
 
+def _indexes(inspector: Any, table: str) -> dict[str, list[str]]:
+    return {
+        index["name"]: index["column_names"]
+        for index in inspector.get_indexes(table)
+        if not is_search_object(index["name"])
+    }
+
+
 def schema_diff(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "compare_type": True,
+            "include_name": lambda name, _type, _parents: not is_search_object(name),
+        },
+    )
     return compare_metadata(context, Base.metadata)
 
 
@@ -123,11 +150,15 @@ async def test_upgrade_creates_the_schema(engine: AsyncEngine) -> None:
     await upgrade(engine)
     async with engine.connect() as conn:
         facts = await conn.run_sync(schema_facts)
-    assert facts["tables"] == ["alembic_version", "runs"]
+    assert facts["tables"] == ["alembic_version", "audit", "runs"]
     record_fields = {field.name for field in dataclasses.fields(RunRecord)}
     assert facts["columns"] == record_fields
     assert facts["indexes"] == INDEXES
-    assert facts["versions"] == ["0001"]
+    assert facts["audit_columns"] == {field.name for field in dataclasses.fields(AuditEntry)}
+    assert facts["audit_indexes"] == AUDIT_INDEXES
+    assert facts["versions"] == [HEAD]
+    if engine.dialect.name == "sqlite":
+        assert facts["search"][:2] == ["run_search_keys", "runs_search"]
 
 
 async def test_migrated_schema_matches_the_models(engine: AsyncEngine) -> None:
@@ -230,3 +261,41 @@ async def test_postgres_refusing_connections_is_a_config_error_on_upgrade() -> N
     message = str(caught.value)
     assert "\n" not in message
     assert "secret" not in message
+
+
+def _alembic(connection: Connection, action: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from storage.db import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    getattr(command, action)(config, revision)
+
+
+async def test_downgrade_to_0001_and_back_keeps_runs(engine: AsyncEngine) -> None:
+    """Every migration after the first undoes cleanly, and redoing it indexes the runs that
+    are there (the search index is filled from existing prompts)."""
+    await upgrade(engine)
+    store = SqlRunStore(engine)
+    record = RunRecord(kind=RunKind.ASK, prompt="kept across downgrades", team_id="T1")
+    await store.create(record)
+    async with engine.begin() as conn:
+        await conn.run_sync(_alembic, "downgrade", "0001")
+    async with engine.connect() as conn:
+        facts = await conn.run_sync(inspect_tables)
+    assert facts == ["alembic_version", "runs"]
+
+    await upgrade(engine)
+    store = SqlRunStore(engine)
+    assert await store.get(record.id) == record
+    [found] = await store.query(RunQuery(team_id="T1", search="ACROSS down"))
+    assert found.id == record.id
+    async with engine.connect() as conn:
+        assert await conn.run_sync(schema_diff) == []
+
+
+def inspect_tables(connection: Connection) -> list[str]:
+    return sorted(inspect(connection).get_table_names())

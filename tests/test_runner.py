@@ -32,6 +32,9 @@ class RecordingSink:
         run.message_ts = "1.0"
         self.events.append(("start", run.status))
 
+    def queued(self, position: int) -> None:
+        self.events.append(("queued", position))
+
     def progress(self, text: str, progress: Progress) -> None:
         self.events.append(("progress", text))
         self.progressed.set()
@@ -61,7 +64,7 @@ async def test_stream_reaches_the_sink_in_order_and_is_recorded():
         ("progress", "ab"),
         ("progress", "abc"),
     ]
-    assert sink.events[0] == ("start", RunStatus.RUNNING) and sink.events[-1] == (
+    assert sink.events[0] == ("start", RunStatus.QUEUED) and sink.events[-1] == (
         "finish",
         RunStatus.SUCCEEDED,
     )
@@ -87,7 +90,7 @@ async def test_run_is_recorded_before_the_sink_starts():
         sink=Probe(),
         policy=RunPolicy(),
     )
-    assert seen == [RunStatus.RUNNING]
+    assert seen == [RunStatus.QUEUED]
 
 
 async def test_sink_refusal_fails_the_run_without_calling_the_model():

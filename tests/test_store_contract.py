@@ -17,10 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bot.memory_store import MemoryRunStore
-from bot.models import RunKind, RunQuery, RunRecord, RunStatus, utcnow
+from bot.models import (
+    AuditEntry,
+    AuditOutcome,
+    AuditQuery,
+    DayCount,
+    RunCursor,
+    RunKind,
+    RunQuery,
+    RunRecord,
+    RunStats,
+    RunStatus,
+    StatsQuery,
+    utcnow,
+)
 from bot.ports import RunStore
 from storage.db import create_engine, upgrade
 from storage.repository import SqlRunStore
@@ -408,3 +422,241 @@ async def test_find_by_message(store: RunStore) -> None:
 
 async def test_ping(store: RunStore) -> None:
     await store.ping()
+
+
+# --- history at scale: paging, count, stats, audit, search (issue 4) --------------------------
+
+
+async def test_before_cursor_pages_through_equal_times(store: RunStore) -> None:
+    for name in ("m", "z", "a", "q"):
+        await store.create(run(name, 1))
+    await store.create(run("late", 2))
+    await store.create(run("early", 0))
+    seen: list[str] = []
+    query = RunQuery(limit=2)
+    while page := await store.query(query):
+        seen += ids(page)
+        query = dataclasses.replace(query, before=RunCursor.after(page[-1]))
+    assert seen == ["late", "z", "q", "m", "a", "early"]
+
+
+async def test_before_cursor_combines_with_filters(store: RunStore) -> None:
+    await seeded(store)
+    cursor = RunCursor(created_at=minutes(3), id="d")
+    assert ids(await store.query(RunQuery(before=cursor))) == ["c", "b", "a"]
+    assert ids(await store.query(RunQuery(before=cursor, team_id="T1", limit=1))) == ["c"]
+    assert ids(await store.query(RunQuery(before=cursor, search="report"))) == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (RunQuery(), 6),
+        (RunQuery(user_id="U1", limit=1), 3),
+        (RunQuery(team_id="T1", search="re"), 3),
+        (RunQuery(search="nothing like this"), 0),
+        (RunQuery(before=RunCursor(minutes(3), "d")), 3),
+    ],
+)
+async def test_count_ignores_the_limit(store: RunStore, query: RunQuery, expected: int) -> None:
+    await seeded(store)
+    assert await store.count(query) == expected
+
+
+def stats_runs() -> list[RunRecord]:
+    """Six runs over three UTC days in T1 (one given in another time zone) and one in T2."""
+    late_evening = datetime(2026, 1, 1, 23, 59, 59, 900000, tzinfo=UTC)
+    next_day_utc = datetime(2026, 1, 2, 1, 0, tzinfo=timezone(timedelta(hours=2)))  # 23:00Z!
+    return [
+        run("s1", 0, team_id="T1", user_id="U1", status=RunStatus.SUCCEEDED, duration_ms=1000,
+            input_tokens=10, output_tokens=20),
+        run("s2", created_at=late_evening, team_id="T1", user_id="U2", status=RunStatus.FAILED,
+            duration_ms=3000, input_tokens=5),
+        run("s3", created_at=next_day_utc, kind=RunKind.TEAM, team_id="T1", user_id="U1",
+            status=RunStatus.SUCCEEDED, duration_ms=2000, input_tokens=1, output_tokens=2),
+        run("s4", 60 * 24 + 1, kind=RunKind.SUBTASK, parent_id="s3", team_id="T1", user_id="U1",
+            status=RunStatus.SUCCEEDED),
+        run("s5", 60 * 24 + 2, team_id="T1", status=RunStatus.CANCELLED, duration_ms=5000),
+        run("s6", 60 * 48, team_id="T1", user_id="U2", status=RunStatus.RUNNING),
+        run("x1", 60 * 24, team_id="T2", user_id="U9", duration_ms=9999, input_tokens=100),
+    ]  # fmt: skip
+
+
+async def test_stats(store: RunStore) -> None:
+    for record in stats_runs():
+        await store.create(record)
+    day = BASE.date()
+
+    got = await store.stats(StatsQuery(team_id="T1"))
+
+    assert got == RunStats(
+        total=6,
+        by_status={RunStatus.SUCCEEDED: 3, RunStatus.CANCELLED: 1, RunStatus.FAILED: 1,
+                   RunStatus.RUNNING: 1},
+        by_kind={RunKind.ASK: 4, RunKind.SUBTASK: 1, RunKind.TEAM: 1},
+        top_users=[("U1", 3), ("U2", 2)],
+        users=2,
+        input_tokens=16,
+        output_tokens=22,
+        p50_ms=2000,  # durations 1000, 2000, 3000, 5000: the 2nd of 4
+        p95_ms=5000,  # ceil(0.95 * 4) = the 4th
+        per_day=[DayCount(day, 3), DayCount(day + timedelta(days=1), 2),
+                 DayCount(day + timedelta(days=2), 1)],
+    )  # fmt: skip
+    assert list(got.by_status) == [
+        RunStatus.SUCCEEDED,
+        RunStatus.CANCELLED,
+        RunStatus.FAILED,
+        RunStatus.RUNNING,
+    ]  # fmt: skip  (most first, then by name)
+
+
+@pytest.mark.parametrize(
+    ("query", "total", "p50", "p95", "users"),
+    [
+        (StatsQuery(), 7, 3000, 9999, [("U1", 3), ("U2", 2), ("U9", 1)]),
+        (StatsQuery(team_id="T1", top_users=1), 6, 2000, 5000, [("U1", 3)]),
+        (StatsQuery(team_id="T1", since=BASE + timedelta(days=1)), 3, 5000, 5000, [("U2", 1),
+                                                                                   ("U1", 1)]),
+        (StatsQuery(team_id="T1", until=BASE + timedelta(hours=1)), 1, 1000, 1000, [("U1", 1)]),
+        (StatsQuery(team_id="T2"), 1, 9999, 9999, [("U9", 1)]),
+    ],
+)  # fmt: skip
+async def test_stats_scopes(
+    store: RunStore, query: StatsQuery, total: int, p50: int, p95: int, users: list
+) -> None:
+    for record in stats_runs():
+        await store.create(record)
+    got = await store.stats(query)
+    assert (got.total, got.p50_ms, got.p95_ms) == (total, p50, p95)
+    assert got.top_users == sorted(users, key=lambda pair: (-pair[1], pair[0]))
+    assert sum(entry.runs for entry in got.per_day) == total
+
+
+async def test_stats_of_nothing(store: RunStore) -> None:
+    await store.create(run("a", 0, team_id="T1"))
+    assert await store.stats(StatsQuery(team_id="nobody")) == RunStats()
+    one = await store.stats(StatsQuery(team_id="T1"))
+    assert (one.total, one.p50_ms, one.p95_ms, one.users) == (1, None, None, 0)
+
+
+async def test_audit_log(store: RunStore) -> None:
+    def entry(user: str, minute: int, **fields: Any) -> AuditEntry:
+        fields.setdefault("team_id", "T1")
+        fields.setdefault("outcome", AuditOutcome.ALLOWED)
+        return AuditEntry(user_id=user, command="/history", text=f"q{minute}",
+                          at=BASE + timedelta(minutes=minute), **fields)  # fmt: skip
+
+    plus_two = timezone(timedelta(hours=2))
+    first = await store.record_audit(entry("U1", 0, channel_id="C1", detail="page after x"))
+    assert first.id is not None
+    await store.record_audit(entry("U2", 1, outcome=AuditOutcome.REFUSED))
+    await store.record_audit(entry("U1", 2, team_id="T2", outcome=AuditOutcome.INVALID))
+    late = entry("U3", 3)
+    late.at = late.at.astimezone(plus_two)
+    await store.record_audit(late)
+
+    everything = await store.audit_log(AuditQuery())
+    assert [e.text for e in everything] == ["q3", "q2", "q1", "q0"]
+    assert len({e.id for e in everything}) == 4
+    assert everything[-1] == first and first.channel_id == "C1"
+    assert first.detail == "page after x" and first.outcome is AuditOutcome.ALLOWED
+    assert everything[0].at == BASE + timedelta(minutes=3) and everything[0].at.tzinfo == UTC
+    queries = {
+        "team": (AuditQuery(team_id="T1"), ["q3", "q1", "q0"]),
+        "user": (AuditQuery(user_id="U1"), ["q2", "q0"]),
+        "outcome": (AuditQuery(outcome=AuditOutcome.REFUSED), ["q1"]),
+        "since": (AuditQuery(since=BASE + timedelta(minutes=2)), ["q3", "q2"]),
+        "limit": (AuditQuery(limit=1), ["q3"]),
+    }
+    for name, (query, expected) in queries.items():
+        assert [e.text for e in await store.audit_log(query)] == expected, name
+
+
+SEARCH_PROMPTS = {
+    "q1": 'say "hi there" twice',
+    "q2": "a*b NEAR(x y) AND NOT z ^start",
+    "q3": "column:value and (parens)",
+    "q4": "nothing special here",
+    "q5": "HI THERE in capitals",
+}
+
+
+@pytest.mark.parametrize(
+    "words",
+    ['"hi', 'hi th', "a*b", "NEAR(x", "AND NOT", "^st", "column:va", "(parens)", "hi", "ere",
+     "there twice", '"', "zzz", "e "],
+)  # fmt: skip
+async def test_search_takes_every_character_literally(store: RunStore, words: str) -> None:
+    for name, prompt in SEARCH_PROMPTS.items():
+        await store.create(run(name, int(name[1]), prompt=prompt))
+    expected = sorted(
+        (name for name, prompt in SEARCH_PROMPTS.items() if words.lower() in prompt.lower()),
+        reverse=True,
+    )
+    assert ids(await store.query(RunQuery(search=words))) == expected
+    assert await store.count(RunQuery(search=words)) == len(expected)
+
+
+# --- the SQLite search index ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with sqlite_engine(tmp_path) as engine:
+        await upgrade(engine)
+        yield engine
+
+
+async def search_keys(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:  # the index's own table, to see it is kept
+        rows = await conn.execute(text("SELECT run_id FROM run_search_keys ORDER BY key"))
+        return [row[0] for row in rows]
+
+
+async def test_search_index_follows_prompt_changes_and_deletes(sqlite_db: AsyncEngine) -> None:
+    sqlite_store = SqlRunStore(sqlite_db)
+    parent = run("p", 0, prompt="plan the offsite")
+    await sqlite_store.create(parent)
+    await sqlite_store.create(run("c", 1, prompt="research venues", parent_id="p"))
+    assert await search_keys(sqlite_db) == ["p", "c"]
+
+    parent.prompt = "plan the launch"
+    await sqlite_store.save(parent)
+    assert ids(await sqlite_store.query(RunQuery(search="offsite"))) == []
+    assert ids(await sqlite_store.query(RunQuery(search="launch"))) == ["p"]
+
+    async with sqlite_db.begin() as conn:
+        await conn.execute(text("DELETE FROM runs WHERE id = 'p'"))  # cascades to "c"
+    assert await search_keys(sqlite_db) == []
+    assert await sqlite_store.query(RunQuery(search="venues")) == []
+    await sqlite_store.create(run("n", 2, prompt="research venues again"))
+    assert ids(await sqlite_store.query(RunQuery(search="venues"))) == ["n"]
+
+
+async def test_search_too_common_for_the_index_still_finds_everything(
+    sqlite_db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import storage.search
+
+    sqlite_store = SqlRunStore(sqlite_db)
+    for i in range(5):
+        await sqlite_store.create(run(f"r{i}", i, prompt=f"weekly report {i}"))
+    async with AsyncSession(sqlite_db) as session:
+        assert await storage.search.candidate_ids(session, "report") == [f"r{i}" for i in range(5)]
+        assert await storage.search.candidate_ids(session, "re") is None  # too short
+        monkeypatch.setattr(storage.search, "MAX_CANDIDATES", 2)
+        assert await storage.search.candidate_ids(session, "report") is None  # too common
+    assert ids(await sqlite_store.query(RunQuery(search="report", limit=3))) == ["r4", "r3", "r2"]
+    assert await sqlite_store.count(RunQuery(search="report")) == 5
+    assert ids(await sqlite_store.query(RunQuery(search="t 3"))) == ["r3"]
+
+
+async def test_search_without_its_triggers_scans_instead(tmp_path: Path) -> None:
+    async with sqlite_engine(tmp_path) as engine:
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER runs_search_insert"))
+        store = SqlRunStore(engine)
+        await store.create(run("a", 0, prompt="not in the index"))
+        assert ids(await store.query(RunQuery(search="in the index"))) == ["a"]

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from alembic import context
 
+from storage.search import is_search_object
 from storage.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Leave the one-backend search index (storage/search.py) out of autogenerate."""
+    return not is_search_object(name)
 
 
 def run_migrations_offline() -> None:
@@ -39,6 +45,7 @@ def run_migrations_online() -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,229 @@
+"""`agentbot stats`, `agentbot history --all` and the shared time spans, as a user runs them
+(real processes, real database files); plus a smoke run of the history benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+
+from bot.models import RECORD_FIELDS, RunKind, RunRecord, RunStatus
+from bot.query import ListRuns, parse_history, parse_since
+from storage.db import create_engine, upgrade
+from storage.tables import RunRow, row_values
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _base_env() -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "VIRTUAL_ENV")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+async def agentbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `python -m bot ARGS` with only `env` (and the basics) set."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**_base_env(), **env}, cwd=ROOT,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def fill(url: str, runs: list[RunRecord]) -> None:
+    engine = create_engine(url)
+    try:
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            await conn.execute(insert(RunRow), [row_values(run) for run in runs])
+    finally:
+        await engine.dispose()
+
+
+def known_runs() -> list[RunRecord]:
+    """Five runs in T1 over the last three days (durations 1..4 s), one in T2, one too old."""
+
+    def run(name: str, days_ago: float, **fields) -> RunRecord:
+        fields.setdefault("kind", RunKind.ASK)
+        fields.setdefault("team_id", "T1")
+        fields.setdefault("status", RunStatus.SUCCEEDED)
+        return RunRecord(
+            id=name, prompt=f"prompt {name}", created_at=NOW - timedelta(days=days_ago), **fields
+        )
+
+    return [
+        run("a", 2, user_id="U1", duration_ms=1000, input_tokens=10, output_tokens=100),
+        run("b", 2, user_id="U2", duration_ms=4000, status=RunStatus.FAILED, input_tokens=5),
+        run("c", 1, user_id="U1", duration_ms=2000, kind=RunKind.TEAM, output_tokens=50),
+        run("d", 0, user_id="U1", duration_ms=3000, kind=RunKind.SUBTASK, parent_id="c"),
+        run("e", 0, user_id=None, status=RunStatus.RUNNING),
+        run("x", 0, user_id="U9", team_id="T2", duration_ms=9000),
+        run("old", 40, user_id="U1", duration_ms=99_000),
+    ]
+
+
+@pytest.fixture
+async def stats_db(tmp_path: Path) -> dict[str, str]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'stats.db'}"
+    await fill(url, known_runs())
+    return {"AGENTBOT_DATABASE_URL": url}
+
+
+async def test_stats_json_numbers(stats_db):
+    code, out, err = await agentbot("stats", "--team", "T1", "--json", env=stats_db)
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["team_id"] == "T1" and stats["since"].endswith("Z")
+    assert stats["total"] == 5
+    assert stats["by_status"] == {"succeeded": 3, "failed": 1, "running": 1}
+    assert list(stats["by_status"]) == ["succeeded", "failed", "running"]
+    assert stats["by_kind"] == {"ask": 3, "subtask": 1, "team": 1}
+    assert stats["top_users"] == [{"user_id": "U1", "runs": 3}, {"user_id": "U2", "runs": 1}]
+    assert stats["users"] == 2
+    assert (stats["input_tokens"], stats["output_tokens"]) == (15, 150)
+    assert (stats["p50_ms"], stats["p95_ms"]) == (2000, 4000)
+    days = {(NOW - timedelta(days=n)).date().isoformat(): runs for n, runs in ((2, 2), (1, 1),
+                                                                               (0, 2))}  # fmt: skip
+    assert {d["day"]: d["runs"] for d in stats["per_day"]} == days
+
+
+async def test_stats_text_and_scopes(stats_db):
+    code, out, err = await agentbot("stats", env=stats_db)
+    assert code == 0, err
+    assert "all workspaces: 6 by 3 people" in out
+    assert "succeeded 4 (67%) · failed 1 (17%) · running 1 (17%)" in out
+    assert "top users  U1 3 · U2 1 · U9 1" in out
+    assert "duration   p50 3.0 s · p95 9.0 s" in out
+    [chart] = [line for line in out.splitlines() if line.startswith("per day")]
+    bars = chart.removeprefix("per day").strip().split("  (")[0]
+    assert bars.endswith("█") and set(bars) <= set(" ▁▂▃▄▅▆▇█")
+
+    code, out, _ = await agentbot("stats", "--since", "60d", "--json", env=stats_db)
+    assert code == 0 and json.loads(out)["total"] == 7
+    code, out, _ = await agentbot("stats", "--team", "nobody", env=stats_db)
+    assert code == 0 and "workspace nobody: 0" in out
+
+
+async def test_history_team_filter(stats_db):
+    code, out, err = await agentbot("history", "--team", "T2", "--json", env=stats_db)
+    assert code == 0, err
+    assert [run["id"] for run in json.loads(out)] == ["x"]
+
+
+@pytest.fixture
+async def export_db(tmp_path: Path) -> dict[str, str]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'export.db'}"
+    runs = [
+        RunRecord(
+            id=f"r{i:05d}",
+            kind=RunKind.ASK,
+            prompt=f'question {i}, with a comma and "quotes"\nand a line',
+            team_id="T1",
+            status=RunStatus.FAILED if i % 10 == 0 else RunStatus.SUCCEEDED,
+            created_at=NOW - timedelta(seconds=i),
+        )
+        for i in range(2500)
+    ]
+    await fill(url, runs)
+    return {"AGENTBOT_DATABASE_URL": url}
+
+
+async def test_export_all_as_json_and_csv(export_db):
+    code, out, err = await agentbot("history", "--all", "--json", env=export_db)
+    assert code == 0 and err == ""  # stderr is a pipe here: no progress bar
+    runs = json.loads(out)
+    assert [run["id"] for run in runs] == [f"r{i:05d}" for i in range(2500)]
+    assert all(list(run) == list(RECORD_FIELDS) for run in runs)
+    assert out == json.dumps(runs, ensure_ascii=False, indent=2) + "\n"
+
+    code, out, _ = await agentbot("history", "--all", "--csv", "--status", "failed", env=export_db)
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 250 and list(rows[0]) == list(RECORD_FIELDS)
+    assert rows[0]["prompt"] == 'question 0, with a comma and "quotes"\nand a line'
+
+    code, out, _ = await agentbot(
+        "history", "--all", "--json", "--search", "nothing", env=export_db
+    )
+    assert code == 0 and out == "[]\n"
+
+
+async def test_long_export_shows_progress_on_a_terminal_only(export_db):
+    primary, secondary = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "history", "--all", "--csv",
+            stdout=asyncio.subprocess.PIPE, stderr=secondary,
+            env={**_base_env(), **export_db}, cwd=ROOT,
+        )  # fmt: skip
+        os.close(secondary)
+        secondary = -1
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        terminal = _drain(primary)
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert process.returncode == 0 and len(out.decode().splitlines()) == 2501 + 2500
+    assert "1,000/2,500 runs" in terminal and "2,500/2,500 runs" in terminal
+    assert "\r[" in terminal
+
+
+def _drain(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+async def test_bad_stats_input_is_one_line(tmp_path):
+    env = {"AGENTBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"}
+    code, _, err = await agentbot("stats", "--since", "soonish", env=env)
+    assert code == 2 and err.strip() == (
+        "agentbot: --since: 'soonish' is not like 7d, 24h, 30m or 2026-11-01"
+    )
+
+
+def test_slack_and_cli_share_one_time_parser():
+    import bot.cli
+
+    assert bot.cli.parse_since is parse_since
+    now = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    for text in ("7d", "24h", "30m", "2w", "2026-11-01", "2026-11-01T08:00:00+02:00"):
+        listed = parse_history(f"since:{text}", now=now)
+        assert isinstance(listed, ListRuns)
+        assert listed.query.since == parse_since(text, now=now)
+    assert parse_since("2026-11-01T08:00:00+02:00") == datetime(2026, 11, 1, 6, tzinfo=UTC)
+
+
+async def test_history_bench_smoke(tmp_path):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.history", "--runs", "2000", "--repeat", "2",
+        "--db", str(tmp_path / "bench.db"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=_base_env(), cwd=ROOT,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    table = out.decode().split("| query | p50 ms | p95 ms |")[1]
+    for name in ("latest (team)", "search rare", "stats, 30 days", "show run + children"):
+        assert f"| {name}" in table
