@@ -23,7 +23,7 @@ def demo_model(*, words_per_second: float = WORDS_PER_SECOND) -> FunctionModel:
     async def stream(
         messages: list[ModelMessage], info: AgentInfo
     ) -> AsyncIterator[str | DeltaToolCalls]:
-        prompt = _last_prompt(messages)
+        prompt = last_prompt(messages)
         if info.output_tools:  # a structured answer is wanted: the team planner's plan
             tool = info.output_tools[0]
             yield {0: DeltaToolCall(name=tool.name, json_args=json.dumps(demo_plan(prompt)))}
@@ -62,7 +62,8 @@ def demo_answer(prompt: str) -> str:
     )
 
 
-def _last_prompt(messages: list[ModelMessage]) -> str:
+def last_prompt(messages: list[ModelMessage]) -> str:
+    """The text of the latest user prompt in `messages` ("" if none)."""
     for message in reversed(messages):
         if isinstance(message, ModelRequest):
             for part in message.parts:

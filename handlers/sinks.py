@@ -9,7 +9,7 @@ from bot.errors import InputError, RunFailed
 from bot.models import Progress, RunRecord
 from bot.ports import Sink
 from handlers import render
-from handlers.pacer import SlackCallFailed, WorkspacePacer
+from handlers.pacer import LiveMessage, SlackCallFailed, WorkspacePacer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class SlackEditSink:
         self._thread_ts = thread_ts
         self._heading = heading
         self._posts = 0
-        self._live = None
+        self._live: LiveMessage | None = None
         self._run: RunRecord | None = None
 
     @property
@@ -100,20 +100,36 @@ class SlackEditSink:
 
     async def finish(self, run: RunRecord) -> None:
         assert self._live is not None, "finish() before start()"
-        first, *rest = render.final_messages(run, heading=self._heading)
-        self._live.set(first.text, first.blocks, final=True)
-        try:
-            await self._live.wait_delivered()
-        except SlackCallFailed as exc:
-            # The message is gone (deleted, channel archived): post the end as a new message.
-            log.warning("run %s: final edit failed (%s); posting it anew", run.id, exc.error)
-            rest = [first, *rest]
-        reply_to = self._thread_ts or run.message_ts
-        for message in rest:
-            self._posts += 1
-            await self._pacer.post(
-                self._channel, text=message.text, blocks=message.blocks, thread_ts=reply_to
-            )
+        self._posts += await show_final(
+            self._pacer,
+            self._live,
+            run,
+            heading=self._heading,
+            reply_to=self._thread_ts or run.message_ts,
+        )
+
+
+async def show_final(
+    pacer: WorkspacePacer,
+    live: LiveMessage,
+    run: RunRecord,
+    *,
+    heading: str | None,
+    reply_to: str | None,
+) -> int:
+    """Replace the live message with the run's end; text beyond one message continues in
+    replies to `reply_to`, in order. Returns how many messages it posted."""
+    first, *rest = render.final_messages(run, heading=heading)
+    live.set(first.text, first.blocks, final=True)
+    try:
+        await live.wait_delivered()
+    except SlackCallFailed as exc:
+        # The message is gone (deleted, channel archived): post the end as a new message.
+        log.warning("run %s: final edit failed (%s); posting it anew", run.id, exc.error)
+        rest = [first, *rest]
+    for message in rest:
+        await pacer.post(live.channel, text=message.text, blocks=message.blocks, thread_ts=reply_to)
+    return len(rest)
 
 
 def reply_sink(

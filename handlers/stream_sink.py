@@ -25,7 +25,7 @@ from bot.errors import InputError
 from bot.models import Progress, RunRecord
 from handlers import render
 from handlers.pacer import MAX_TRANSIENT_FAILURES, LiveMessage, SlackCallFailed, WorkspacePacer
-from handlers.sinks import NOT_IN_CHANNEL, Notify, post_first_message
+from handlers.sinks import NOT_IN_CHANNEL, Notify, post_first_message, show_final
 
 log = logging.getLogger(__name__)
 
@@ -262,19 +262,9 @@ class SlackStreamSink:
 
     async def _finish_by_edit(self, run: RunRecord) -> None:
         assert self._live is not None
-        first, *rest = render.final_messages(run, heading=self._heading)
-        self._live.set(first.text, first.blocks, final=True)
-        try:
-            await self._live.wait_delivered()
-        except SlackCallFailed as exc:
-            # The message is gone (deleted, channel archived): post the end as a new reply.
-            log.warning("run %s: final edit failed (%s); posting it anew", run.id, exc.error)
-            rest = [first, *rest]
-        for message in rest:
-            self._calls += 1
-            await self._pacer.post(
-                self._channel, text=message.text, blocks=message.blocks, thread_ts=self._thread_ts
-            )
+        self._calls += await show_final(
+            self._pacer, self._live, run, heading=self._heading, reply_to=self._thread_ts
+        )
 
     # -- Slack calls -----------------------------------------------------------------------
 

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
+from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from bot.config import AppConfig, Settings
+from bot.demo import last_prompt
 from bot.playground.app import Playground, start_playground
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -53,7 +54,7 @@ class GatedModel:
         return FunctionModel(stream_function=self._stream, model_name="scripted")
 
     async def _stream(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
-        if "hello" in _prompt(messages):
+        if "hello" in last_prompt(messages):
             head, _, _ = HELLO_ANSWER.partition(WORDS[0])
             yield head
             for i, word in enumerate(WORDS):
@@ -64,15 +65,6 @@ class GatedModel:
             for i in range(10_000):
                 yield f"tick{i} "
                 await asyncio.sleep(0.05)
-
-
-def _prompt(messages: list[ModelMessage]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, ModelRequest):
-            for part in message.parts:
-                if isinstance(part, UserPromptPart) and isinstance(part.content, str):
-                    return part.content
-    return ""
 
 
 @pytest.fixture

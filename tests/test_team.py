@@ -13,9 +13,9 @@ from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models import Model
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
+from bot.demo import last_prompt
 from bot.models import RunKind, RunQuery, RunStatus
 from handlers.render import STOP_ACTION_ID
-from tests.scripted import last_prompt
 from tests.test_ask import all_text, answer_text
 
 
