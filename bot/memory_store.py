@@ -119,7 +119,7 @@ class MemoryRunStore:
             and (since is None or run.created_at >= since)
             and (until is None or run.created_at < until)
         ]
-        users = Counter(run.user_id for run in runs if run.user_id is not None)
+        users = Counter(run.user_id for run in runs if run.user_id)
         days = Counter(run.created_at.date() for run in runs)
         durations = sorted(run.duration_ms for run in runs if run.duration_ms is not None)
         return RunStats(

@@ -197,11 +197,11 @@ def stats_message(stats: RunStats, *, since: datetime, span: str, today: date) -
     """The stats in a handful of short sections and a sparkline of runs per day."""
     label = span_words(span)
     if not stats.total:
-        text = f"No runs in this workspace in {label}."
+        text = f"No runs in this workspace {label}."
         return SlackMessage(text=text, blocks=[section(text)])
     people = f"{stats.users} {'person' if stats.users == 1 else 'people'}"
     lines = [
-        f"*{stats.total:,} runs* in {label} by {people} (since {when(since, time=False)})",
+        f"*{stats.total:,} runs* {label} by {people} (since {when(since, time=False)})",
         "*Status* "
         + " · ".join(
             f"{ICONS[status]} {status.value} {n:,} ({share(n, stats.total)})"
@@ -222,16 +222,16 @@ def stats_message(stats: RunStats, *, since: datetime, span: str, today: date) -
         f"{when(since, time=False)} → today · busiest {unit}: {peak:,} runs"
     )
     blocks = [section(fit("\n".join(lines))), section(fit(chart))]
-    return SlackMessage(text=f"{stats.total:,} runs in {label}", blocks=blocks)
+    return SlackMessage(text=f"{stats.total:,} runs {label}", blocks=blocks)
 
 
 def span_words(span: str) -> str:
-    """`30d` → "the last 30 days"; a date → "since 2026-11-01"."""
+    """`30d` → "in the last 30 days"; a date → "since 2026-11-01"."""
     found = re.match(r"^(\d+)([mhdw])$", span.strip().lower())
     if found is None:
         return f"since {span}"
     count, unit = int(found[1]), {"m": "minute", "h": "hour", "d": "day", "w": "week"}[found[2]]
-    return f"the last {count} {unit}{'s' if count != 1 else ''}"
+    return f"in the last {count} {unit}{'s' if count != 1 else ''}"
 
 
 # -- small pieces ----------------------------------------------------------------------------

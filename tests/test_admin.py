@@ -277,6 +277,12 @@ async def test_stats_with_nothing_to_show(bot):
     assert "No runs in this workspace in the last 30 minutes" in text_of(answer)
 
 
+async def test_stats_since_a_date(bot):
+    day = (NOW - timedelta(days=3)).date().isoformat()
+    answer = await history(bot, f"stats since:{day}")
+    assert f"*6 runs* since {day} by 3 people" in text_of(answer)  # not r1, r2
+
+
 async def test_help(bot):
     answer = await history(bot, "help")
     assert "/history show <run-id>" in text_of(answer)
