@@ -66,6 +66,7 @@ async def main(commands: int) -> None:
         try:
             await ack_latency(emulator, Path(tmp) / "ack.db", commands)
             await one_answer(Path(tmp) / "answer.db")
+            await one_team(Path(tmp) / "team.db")
         finally:
             await emulator.close()
 
@@ -73,7 +74,11 @@ async def main(commands: int) -> None:
 async def ack_latency(emulator: SlackEmulator, db: Path, commands: int) -> None:
     # A one-word model and a large edit budget: this measures the ack, not the streaming.
     service = await start(
-        emulator, db, streaming_model(1, 0.0, []), AGENTBOT_CHAT_UPDATE_PER_MINUTE=10_000
+        emulator,
+        db,
+        streaming_model(1, 0.0, []),
+        AGENTBOT_CHAT_UPDATE_PER_MINUTE=10_000,
+        AGENTBOT_USER_RUNS_PER_MINUTE=100_000,  # one user sends them all
     )
     url = f"http://127.0.0.1:{service.port}/slack/events"
     try:
@@ -129,6 +134,39 @@ async def one_answer(db: Path) -> None:
         f"60-word answer over 4 s:      chat.update {updates}, Slack writes {run.slack_writes}, "
         f"run {run.duration_ms} ms, last token → final text in Slack "
         f"{(final_at - last_token[0]) * 1000:.0f} ms"
+    )
+
+
+async def one_team(db: Path) -> None:
+    """A 4-subtask /team with the offline demo model (about 4 s per answer) at the defaults."""
+    emulator = SlackEmulator(signing_secret=SECRET, enforce_limits=True)
+    await emulator.start()
+    settings = Settings(
+        SLACK_BOT_TOKEN=emulator.bot_token,
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_API_URL=emulator.api_url,
+        AGENTBOT_DATABASE_URL=f"sqlite+aiosqlite:///{db}",
+    )
+    service = Service(await build_parts(settings, AppConfig()))
+    await service.start(host="127.0.0.1", port=0)
+    try:
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{service.port}/slack/events"
+        await emulator.send_slash_command(url, "/team", "plan a team offsite")
+        await emulator.wait_for(lambda: len(emulator.calls_to("chat.postMessage")) >= 1)
+        await service.parts.background.wait(120)
+        elapsed = time.monotonic() - started
+        runs = await service.parts.store.query(RunQuery(limit=10))
+    finally:
+        await service.stop(grace=5)
+        await emulator.close()
+    writes = sum(r.slack_writes for r in runs)
+    children = len([r for r in runs if r.parent_id])
+    print(
+        f"/team, 4 subtasks (demo model): {len(runs)} runs ({children} children), "
+        f"Slack writes {writes} ({len(emulator.calls_to('chat.postMessage'))} posts, "
+        f"{len(emulator.calls_to('chat.update'))} updates), "
+        f"429s {sum(emulator.rate_limited.values())}, {elapsed:.1f} s"
     )
 
 

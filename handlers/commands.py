@@ -67,12 +67,12 @@ def _listener(deps: BotDeps, spec: CommandSpec) -> Listener:
         problem = check_prompt(prompt, limit=deps.settings.max_prompt_chars)
         if problem is not None:
             await ack(text=f"{problem}\n\n{usage(name, spec.kind)}")
-            await record_refusal(deps, run, problem)
+            deps.background.spawn(record_refusal(deps, run, problem), name=f"refusal-{run.id}")
             return
         refusal = deps.guard.refusal(user_id=run.user_id, channel_id=run.channel_id)
         if refusal is not None:
             await ack(text=refusal)
-            await record_refusal(deps, run, refusal)
+            deps.background.spawn(record_refusal(deps, run, refusal), name=f"refusal-{run.id}")
             return
         await ack()
 

@@ -110,7 +110,7 @@ async def test_empty_prompt_gets_usage_and_no_model_call(start_bot, emulator):
     assert "empty" in body and "/ask <your text>" in body
     assert script.calls == []
     assert emulator.calls_to("chat.postMessage") == []
-    [run] = await bot.runs()
+    [run] = await bot.wait_for_run()
     assert run.status is RunStatus.FAILED and "empty" in run.error
 
 
@@ -120,7 +120,7 @@ async def test_oversized_prompt_is_refused_clearly(start_bot, emulator):
     status, body, _ = await bot.command("x" * 101)
     assert status == 200 and "101 characters" in body and "limit is 100" in body
     assert script.calls == []
-    [run] = await bot.runs()
+    [run] = await bot.wait_for_run()
     assert run.status is RunStatus.FAILED and run.error.startswith("refused")
 
 

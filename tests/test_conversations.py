@@ -145,5 +145,5 @@ async def test_an_empty_mention_gets_a_private_hint(start_bot, emulator):
     await emulator.wait_for(lambda: len(emulator.ephemerals("C123")) == 1)
     assert "empty" in emulator.ephemerals("C123")[0].text
     assert script.calls == []
-    [run] = await bot.runs()
+    [run] = await bot.wait_for_run()
     assert run.status is RunStatus.FAILED and run.kind is RunKind.MENTION

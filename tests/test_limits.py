@@ -100,8 +100,7 @@ async def test_a_user_over_the_rate_limit_is_refused_clearly_and_recorded(start_
     await bot.command("first")
     status, body, _ = await bot.command("second")
     assert status == 200 and "the limit is 1" in body
-    await bot.wait_for_run()
-    runs = await bot.runs()
+    runs = await bot.wait_for_run(count=2)
     assert sorted(r.status for r in runs) == [RunStatus.FAILED, RunStatus.SUCCEEDED]
     assert len(script.calls) == 1
 
@@ -112,7 +111,7 @@ async def test_a_channel_outside_the_allowlist_is_refused(start_bot, emulator):
     _, body, _ = await bot.command("hello", channel_id="C9")
     assert "not enabled in this channel" in body
     assert script.calls == []
-    [run] = await bot.runs()
+    [run] = await bot.wait_for_run()
     assert run.status is RunStatus.FAILED and run.error.startswith("refused")
 
 
