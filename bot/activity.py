@@ -1,0 +1,139 @@
+"""Tool activity while an answer streams: `ToolActivity` turns pydantic-ai run events into
+`ToolCallRecord`s and short status lines, and `text_delta()` picks the answer text out of
+the same events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_ai import RunContext
+from pydantic_ai.messages import (
+    AgentStreamEvent,
+    FunctionToolCallEvent,
+    FunctionToolResultEvent,
+    PartDeltaEvent,
+    PartStartEvent,
+    TextPart,
+    TextPartDelta,
+    ToolCallPart,
+)
+from yarl import URL
+
+
+@dataclass
+class ToolCallRecord:
+    call_id: str
+    name: str
+    args_summary: str
+    started: float
+    duration_s: float | None = None
+    ok: bool | None = None
+    """None while the call runs."""
+    error: str | None = None
+
+    def line(self, now: float) -> str:
+        label = " ".join(part for part in (self.name, self.args_summary) if part)
+        if self.ok is None:
+            return f"🔧 {label} … running ({now - self.started:.0f} s)"
+        if self.ok:
+            return f"🔧 {label} · done in {self.duration_s or 0:.1f} s"
+        return f"⚠️ {label} · {self.error}"
+
+
+class ToolActivity:
+    """Follows one run's tool calls from its events; `lines()` is a short status to show."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.records: list[ToolCallRecord] = []
+        self._by_id: dict[str, ToolCallRecord] = {}
+        self._clock = clock
+
+    def feed(self, event: object) -> bool:
+        """Take one run event; True when it changed the activity (time to refresh)."""
+        if isinstance(event, FunctionToolCallEvent):
+            part = event.part
+            if part.tool_call_id in self._by_id:
+                return False
+            record = ToolCallRecord(
+                call_id=part.tool_call_id,
+                name=part.tool_name,
+                args_summary=summarize_args(part),
+                started=self._clock(),
+            )
+            self.records.append(record)
+            self._by_id[record.call_id] = record
+            return True
+        if isinstance(event, FunctionToolResultEvent):
+            record = self._by_id.get(event.part.tool_call_id)
+            if record is None:
+                return False
+            result = event.part
+            record.duration_s = self._clock() - record.started
+            record.ok = result.outcome == "success"
+            if not record.ok:
+                verb = "retried" if result.outcome == "retried" else "failed"
+                record.error = f"{verb}: {_cap(_one_line(str(result.content)), 160)}"
+            return True
+        return False
+
+    async def handler(self, ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
+        """For `agent.run_stream(..., event_stream_handler=activity.handler)`."""
+        async for event in events:
+            self.feed(event)
+
+    def lines(self, *, last: int = 5) -> list[str]:
+        now = self._clock()
+        shown = [record.line(now) for record in self.records[-last:]]
+        hidden = len(self.records) - len(shown)
+        return ([f"… {hidden} earlier tool calls"] if hidden else []) + shown
+
+    @property
+    def total_s(self) -> float:
+        now = self._clock()
+        return sum(r.duration_s if r.ok is not None else now - r.started for r in self.records)
+
+    @property
+    def running(self) -> int:
+        """Calls under way (the runner's idle timer should allow for them)."""
+        return sum(1 for r in self.records if r.ok is None)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for r in self.records if r.ok is False)
+
+
+def summarize_args(call: ToolCallPart) -> str:
+    """A few words for a status line: the host for a URL, else the argument values."""
+    try:
+        args = call.args_as_dict()
+    except Exception:  # arguments the model garbled: the result will say so
+        return ""
+    url = args.get("url")
+    if isinstance(url, str):
+        try:
+            return URL(url).host or _cap(url, 40)
+        except ValueError:
+            return _cap(url, 40)
+    return _cap(_one_line(", ".join(str(v) for v in args.values())), 40)
+
+
+def text_delta(event: object, so_far: str) -> str:
+    """The answer text `event` adds to `so_far` (empty for other events). A text part that
+    starts after earlier text, as a new response after tool calls does, starts a paragraph."""
+    if isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+        return event.delta.content_delta
+    if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+        gap = "" if not so_far or so_far.endswith("\n\n") else "\n" * (1 + (so_far[-1] != "\n"))
+        return gap + event.part.content
+    return ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
