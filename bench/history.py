@@ -127,6 +127,7 @@ def synthetic_runs(n: int, *, now: datetime) -> Iterator[dict[str, Any]]:
             "duration_ms": ms if finished else None,
             "slack_writes": rng.randint(2, 12),
             "messages_json": None,
+            "tool_calls": None,
         }
 
     while made < n:

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model
+from pydantic_ai.toolsets import AbstractToolset
 
 from bot.config import DEMO_MODEL, AgentSpec, AppConfig, Settings
 from bot.demo import demo_model
 from bot.errors import ConfigError
+from bot.mcp import McpServers
+from bot.tools import ToolDeps, tool_guard, toolset_for
 
 ModelFactory = Callable[[str, str], Model]
 """Gives the model for (agent name, model string): lets tests script each agent apart."""
@@ -22,7 +25,7 @@ class BuiltAgent:
     """An agent ready to run, with the spec it was built from and its model's name."""
 
     name: str
-    agent: Agent[None, str]
+    agent: Agent[ToolDeps, str]
     spec: AgentSpec
     model_name: str
 
@@ -31,12 +34,19 @@ class AgentRegistry:
     """All configured agents, built once at start-up so that a bad model string fails early."""
 
     def __init__(
-        self, config: AppConfig, settings: Settings, *, model: Model | ModelFactory | None = None
+        self,
+        config: AppConfig,
+        settings: Settings,
+        *,
+        model: Model | ModelFactory | None = None,
+        mcp: McpServers | None = None,
     ) -> None:
         """`model`, when given, replaces the agents' models (tests, benchmarks): one model
-        for all, or a factory called with each agent's name and model string."""
+        for all, or a factory called with each agent's name and model string. `mcp` holds
+        the started MCP servers whose tools agents may use."""
         self._settings = settings
         self._override = model
+        self._mcp = mcp
         self._agents = {
             name: self._build(name, spec, spec.model or settings.model)
             for name, spec in config.agents.items()
@@ -70,8 +80,22 @@ class AgentRegistry:
             model, model_name = demo_model(), DEMO_MODEL
         else:
             model, model_name = model_string, model_string
+        toolsets: list[AbstractToolset[ToolDeps]] = []
+        if spec.tools:
+            toolsets.append(toolset_for(spec.tools))
+        if spec.mcp_servers:
+            if self._mcp is None:
+                raise ConfigError(f"agents.{name}: MCP servers are not started")
+            toolsets.extend(self._mcp.toolsets(spec.mcp_servers))
         try:
-            agent = Agent(model, instructions=spec.instructions, name=name)
+            agent = Agent(
+                model,
+                instructions=spec.instructions,
+                name=name,
+                deps_type=ToolDeps,
+                toolsets=toolsets,
+                capabilities=[tool_guard()] if toolsets else [],
+            )
         except UserError as exc:
             source = f"agents.{name}.model" if spec.model else "AGENTBOT_MODEL"
             raise ConfigError(f"{source}={model_string!r}: {_one_line(str(exc))}") from None

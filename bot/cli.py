@@ -18,7 +18,7 @@ from bot.config import Settings, load_config, load_settings, require
 from bot.errors import BotError, ConfigError, InputError
 from bot.models import RunCursor, RunKind, RunQuery, RunStatus, StatsQuery, iso_utc
 from bot.query import DEFAULT_STATS_SINCE, parse_since
-from bot.report import ProgressBar, RunWriter, stats_text
+from bot.report import ProgressBar, RunWriter, stats_text, tool_calls_text
 
 if TYPE_CHECKING:
     from storage.repository import SqlRunStore
@@ -181,7 +181,12 @@ async def _history(settings: Settings, args: argparse.Namespace) -> int:
             run = await store.get(args.show[1])
             if run is None:
                 raise InputError(f"no run with id {args.show[1]!r}")
-            writer.write([run, *await store.children(run.id)])
+            runs = [run, *await store.children(run.id)]
+            writer.write(runs)
+            if not (args.json or args.csv):
+                writer.close()
+                sys.stdout.write(tool_calls_text(runs))
+                return 0
         elif args.all:
             await _export(store, query, writer)
         else:

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from bot.errors import ConfigError
+from bot.fetch import FetchPolicy
+from bot.mcp import McpServerSpec
+from bot.tools import ToolLimits, toolset_for
 
 DEMO_MODEL = "demo"
 """The offline demo model: used when no `AGENTBOT_MODEL` is set, needs no key or network."""
@@ -107,6 +110,11 @@ class AgentSpec(BaseModel):
     retries: int = Field(default=2, ge=0, le=10)
     token_budget: int | None = Field(default=None, ge=1)
     """Most tokens (in and out) one run may use; the run fails when it would use more."""
+    tools: list[str] = Field(default_factory=list)
+    """Built-in tools: fetch_url, read_thread, current_time."""
+    mcp_servers: list[str] = Field(default_factory=list)
+    """Names from the `[mcp_servers]` section whose tools this agent may use."""
+    tool_limits: ToolLimits = Field(default_factory=ToolLimits)
 
 
 class TeamSpec(BaseModel):
@@ -219,6 +227,8 @@ class AppConfig(BaseModel):
     teams: dict[str, TeamSpec] = Field(default_factory=lambda: {"default": TeamSpec()})
     pipelines: dict[str, PipelineSpec] = Field(default_factory=_default_pipelines)
     commands: dict[str, CommandSpec] = Field(default_factory=_default_commands)
+    fetch: FetchPolicy = Field(default_factory=FetchPolicy)
+    mcp_servers: dict[str, McpServerSpec] = Field(default_factory=dict)
 
     def agent(self, name: str) -> AgentSpec:
         try:
@@ -239,6 +249,16 @@ class AppConfig(BaseModel):
                 raise ConfigError(
                     f"agentbot.toml: {name} uses unknown pipeline {command.pipeline!r}"
                 )
+        for name, agent in self.agents.items():
+            try:
+                toolset_for(agent.tools)
+            except ValueError as exc:
+                raise ConfigError(f"agentbot.toml: agents.{name}.tools: {exc}") from None
+            for server in agent.mcp_servers:
+                if server not in self.mcp_servers:
+                    raise ConfigError(
+                        f"agentbot.toml: agents.{name} uses unknown MCP server {server!r}"
+                    )
         for team in self.teams.values():
             for agent in (team.planner, team.coordinator, *team.roles):
                 self.agent(agent)

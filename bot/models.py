@@ -48,6 +48,9 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+NOT_PRINTED = frozenset({"messages_json", "tool_calls"})
+
+
 @dataclass
 class RunRecord:
     """One agent run as stored and as printed by `agentbot history --json` (DESIGN.md §3)."""
@@ -76,15 +79,17 @@ class RunRecord:
     finished_at: datetime | None = None
     duration_ms: int | None = None
     slack_writes: int = 0
-    # The pydantic-ai messages of the run (JSON), kept for conversations; not part of the
-    # printed record.
+    # Kept beside the record, not part of the printed run object (DESIGN.md §3): the
+    # pydantic-ai messages of the run (JSON), for conversations, and the tool calls it made
+    # (`ToolCallSummary` dicts), for `history show`.
     messages_json: bytes | None = field(default=None, repr=False)
+    tool_calls: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values: enums as strings, times as ISO-8601 UTC."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name == "messages_json":
+            if f.name in NOT_PRINTED:
                 continue
             value = getattr(self, f.name)
             if isinstance(value, datetime):
@@ -96,7 +101,7 @@ class RunRecord:
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(RunRecord) if f.name != "messages_json"
+    f.name for f in dataclasses.fields(RunRecord) if f.name not in NOT_PRINTED
 )
 
 
@@ -106,6 +111,8 @@ class Progress:
 
     output_tokens: int
     elapsed_s: float
+    tools: tuple[str, ...] = ()
+    """Status lines of the run's tool calls, latest last."""
 
     @property
     def tokens_per_s(self) -> float:

@@ -61,6 +61,19 @@ class RunWriter:
         self._out.flush()
 
 
+def tool_calls_text(runs: Iterable[RunRecord]) -> str:
+    """The tool calls of `runs`, one line each, under a heading ("" when there are none)."""
+    lines = []
+    for run in runs:
+        for call in run.tool_calls or []:
+            outcome = "ok" if call.get("ok") else f"failed: {call.get('error') or '?'}"
+            args = f" {call['args']}" if call.get("args") else ""
+            lines.append(
+                f"  {run.id}  {call['name']}{args}  {call.get('duration_ms', 0)} ms  {outcome}"
+            )
+    return "\ntool calls:\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def _indent(text: str) -> str:
     return textwrap.indent(text, "  ")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -22,15 +23,18 @@ from pydantic_ai.exceptions import (
     ModelServerError,
     ModelUnavailableError,
     UsageLimitExceeded,
+    UserError,
 )
 from pydantic_ai.messages import ModelMessage
-from pydantic_ai.usage import UsageLimits
 
+from bot.activity import ToolActivity, ToolCallRecord, text_delta
 from bot.errors import BotError
+from bot.fetch import FetchPolicy
 from bot.limits import Admission
 from bot.metrics import Metrics
 from bot.models import Progress, RunRecord, RunStatus, utcnow
 from bot.ports import RunStore, Sink
+from bot.tools import ThreadReader, ToolDeps, ToolLimits
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class RunPolicy:
     total_timeout: float = 600.0
     retries: int = 2
     token_budget: int | None = None
+    tool_limits: ToolLimits = field(default_factory=ToolLimits)
     backoff_base: float = 0.5
     backoff_max: float = 8.0
 
@@ -133,6 +138,8 @@ class Runner:
         live: LiveRuns,
         admission: Admission | None = None,
         checkpoint_interval: float = 5.0,
+        fetch_policy: FetchPolicy | None = None,
+        thread_reader: ThreadReader | None = None,
     ) -> None:
         """`checkpoint_interval`: how often a streaming run's text so far is saved, so that
         after a crash the restart can show it."""
@@ -141,10 +148,12 @@ class Runner:
         self.live = live
         self._checkpoint_interval = checkpoint_interval
         self._admission = admission or Admission(capacity=1_000_000)
+        self._fetch_policy = fetch_policy or FetchPolicy()
+        self._thread_reader = thread_reader
 
     async def run(
         self,
-        agent: Agent[None, str],
+        agent: Agent[ToolDeps, str],
         run: RunRecord,
         *,
         sink: Sink,
@@ -181,9 +190,13 @@ class Runner:
                 except (TimeoutError, AgentRunError) as exc:
                     run.status, run.error = RunStatus.FAILED, describe_failure(exc, policy)
                 except Exception as exc:  # a bug must still leave an honest record and message
-                    log.exception("run %s crashed", run.id)
-                    crash = f"internal error ({type(exc).__name__})"
-                    run.status, run.error = RunStatus.FAILED, crash
+                    if live.stop_reason is not None and live.task.cancelling():
+                        # A stop that landed inside the library can surface as its own error.
+                        live.absorb_stop()
+                    else:
+                        log.exception("run %s crashed", run.id)
+                        crash = f"internal error ({type(exc).__name__})"
+                        run.status, run.error = RunStatus.FAILED, crash
                 run.finished_at = utcnow()
                 run.duration_ms = round((time.monotonic() - started) * 1000)
                 await self._deliver(run, sink)
@@ -205,7 +218,7 @@ class Runner:
 
     async def _stream_with_retries(
         self,
-        agent: Agent[None, str],
+        agent: Agent[ToolDeps, str],
         run: RunRecord,
         sink: Sink,
         policy: RunPolicy,
@@ -228,7 +241,7 @@ class Runner:
 
     async def _stream(
         self,
-        agent: Agent[None, str],
+        agent: Agent[ToolDeps, str],
         run: RunRecord,
         sink: Sink,
         policy: RunPolicy,
@@ -238,34 +251,54 @@ class Runner:
         loop = asyncio.get_running_loop()
         started = loop.time()
         parts: list[str] = []
+        activity = ToolActivity()
+        limits = policy.tool_limits
+        deps = ToolDeps(
+            fetch=self._fetch_policy,
+            limits=limits,
+            thread_reader=self._thread_reader,
+            channel_id=run.channel_id,
+            thread_ts=run.thread_ts,
+        )
         try:
+            # run_stream_events, not run_stream: text a model writes before a tool call must
+            # not end the run, and tool calls show while they happen.
             async with (
                 asyncio.timeout_at(started + policy.total_timeout) as total,
                 asyncio.timeout_at(started + policy.idle_timeout) as idle,
-                agent.run_stream(
+                agent.run_stream_events(
                     run.prompt,
                     message_history=history,
-                    usage_limits=UsageLimits(total_tokens_limit=policy.token_budget),
-                ) as result,
+                    deps=deps,
+                    usage_limits=limits.usage_limits(total_tokens_limit=policy.token_budget),
+                ) as events,
             ):
                 try:
-                    async for delta in result.stream_text(delta=True, debounce_by=None):
-                        idle.reschedule(loop.time() + policy.idle_timeout)
-                        if not delta:
+                    async for event in events:
+                        changed = activity.feed(event)
+                        # A tool call under way is not silence: allow for its own time limit.
+                        grace = limits.call_timeout if activity.running else 0.0
+                        idle.reschedule(loop.time() + policy.idle_timeout + grace)
+                        delta = text_delta(event, run.output)
+                        if not (delta or changed):
                             continue
-                        if run.first_token_at is None:
-                            run.first_token_at = utcnow()
-                        parts.append(delta)
-                        run.output = "".join(parts)
+                        if delta:
+                            if run.first_token_at is None:
+                                run.first_token_at = utcnow()
+                            parts.append(delta)
+                            run.output = "".join(parts)
                         progress = Progress(
                             output_tokens=estimate_tokens(run.output),
                             elapsed_s=loop.time() - started,
+                            tools=tuple(activity.lines()),
                         )
                         sink.progress(run.output, progress)
                         checkpoints.maybe(run)
                 finally:
-                    _copy_usage(result.usage, run)
-                run.messages_json = result.all_messages_json()
+                    with contextlib.suppress(UserError):  # no usage if the run never started
+                        _copy_usage(events.usage, run)
+                    run.tool_calls = [summary(record) for record in activity.records] or None
+                run.messages_json = events.result.all_messages_json()
         except TimeoutError as exc:
             if total.expired():
                 limit = f"the model did not finish within {policy.total_timeout:g} s"
@@ -328,7 +361,8 @@ def describe_failure(exc: BaseException, policy: RunPolicy) -> str:
     if isinstance(exc, RunTimeout):
         return f"The model did not answer in time ({exc})"
     if isinstance(exc, UsageLimitExceeded):
-        return f"The run hit its token budget ({exc.message})"
+        what = "its token budget" if "token" in exc.message else "a usage limit"
+        return f"The run hit {what} ({exc.message})"
     if isinstance(exc, ModelHTTPError):
         return f"The model API failed (HTTP {exc.status_code}: {_short(exc.message)})"
     if isinstance(exc, ModelConnectionError):
@@ -338,6 +372,17 @@ def describe_failure(exc: BaseException, policy: RunPolicy) -> str:
     if isinstance(exc, AgentRunError):
         return f"The model's answer could not be used ({_short(exc.message)})"
     return f"The run failed ({type(exc).__name__})"
+
+
+def summary(record: ToolCallRecord) -> dict[str, Any]:
+    """What the run record keeps of one tool call."""
+    return {
+        "name": record.name,
+        "args": record.args_summary,
+        "duration_ms": round((record.duration_s or 0) * 1000),
+        "ok": bool(record.ok),
+        "error": record.error,
+    }
 
 
 def estimate_tokens(text: str) -> int:

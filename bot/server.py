@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.agents import AgentRegistry, ModelFactory
 from bot.config import AppConfig, Settings
 from bot.limits import Admission, Guard
+from bot.mcp import McpServers
 from bot.metrics import Metrics
 from bot.models import RunStatus
 from bot.runner import LiveRuns, Runner
@@ -30,6 +31,7 @@ from bot.team import Orchestrator
 from handlers import render
 from handlers.app import BotDeps, build_app
 from handlers.pacer import Budget, Pacer, PacerConfig, SlackCallFailed
+from handlers.thread_reader import SlackThreadReader
 from storage.db import create_engine, upgrade
 from storage.repository import SqlRunStore
 
@@ -54,6 +56,7 @@ class Parts:
     agents: AgentRegistry
     bolt: AsyncApp
     background: BackgroundTasks
+    mcp: McpServers
 
 
 async def build_parts(
@@ -63,7 +66,8 @@ async def build_parts(
 
     `model`, when given, replaces every agent's model (tests and benchmarks).
     """
-    agents = AgentRegistry(config, settings, model=model)
+    mcp = McpServers(config.mcp_servers)
+    agents = AgentRegistry(config, settings, model=model, mcp=mcp)
     engine = create_engine(settings.database_url)
     try:
         await upgrade(engine)
@@ -90,6 +94,8 @@ async def build_parts(
         live=LiveRuns(),
         admission=admission,
         checkpoint_interval=settings.checkpoint_interval,
+        fetch_policy=config.fetch,
+        thread_reader=SlackThreadReader(pacer),
     )
     background = BackgroundTasks()
     orchestrator = Orchestrator(runner=runner, agents=agents, store=store)
@@ -109,7 +115,14 @@ async def build_parts(
         ),
     )
     bolt = build_app(deps, client)
-    return Parts(settings, engine, store, metrics, client, pacer, runner, agents, bolt, background)
+    try:
+        await mcp.start()  # a server that cannot start is a ConfigError: one line, exit 2
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Parts(
+        settings, engine, store, metrics, client, pacer, runner, agents, bolt, background, mcp
+    )
 
 
 class Service:
@@ -189,6 +202,7 @@ class Service:
         if self._web is not None:
             await self._web.cleanup()
         await self.parts.pacer.close()
+        await self.parts.mcp.stop()
         await self.parts.engine.dispose()
 
     async def _slack_events(self, request: web.Request) -> web.Response:

@@ -31,6 +31,7 @@ def policy_for(built: BuiltAgent) -> RunPolicy:
         total_timeout=spec.total_timeout,
         retries=spec.retries,
         token_budget=spec.token_budget,
+        tool_limits=spec.tool_limits,
     )
 
 

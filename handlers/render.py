@@ -110,9 +110,10 @@ def live_message(
     blocks: Blocks = [
         _context(heading or asked_line(run.user_id, run.prompt, command=run.command)),
         _markdown(body),
-        _context(status),
-        _stop_button(run.id),
     ]
+    if progress is not None and progress.tools:
+        blocks.append(_context("\n".join(progress.tools)))
+    blocks += [_context(status), _stop_button(run.id)]
     return SlackMessage(text=_notification(text or "thinking…"), blocks=blocks)
 
 
@@ -164,8 +165,21 @@ def footer_line(run: RunRecord) -> str:
         f"{run.input_tokens} in / {run.output_tokens} out tokens",
         f"{seconds:.1f} s",
         f"{rate:.0f} tok/s",
+        tools_used(run),
     ]
     return " · ".join(part for part in parts if part)
+
+
+def tools_used(run: RunRecord) -> str | None:
+    """A compact list of the tools a run used: "🔧 fetch_url ×2, read_thread (1 failed)"."""
+    if not run.tool_calls:
+        return None
+    counts: dict[str, int] = {}
+    for call in run.tool_calls:
+        counts[call["name"]] = counts.get(call["name"], 0) + 1
+    used = ", ".join(name + (f" ×{n}" if n > 1 else "") for name, n in counts.items())
+    failed = sum(1 for call in run.tool_calls if not call.get("ok"))
+    return f"🔧 {used}" + (f" ({failed} failed)" if failed else "")
 
 
 def _notification(text: str, limit: int = 150) -> str:

@@ -4,8 +4,10 @@ records."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     DateTime,
     Dialect,
     ForeignKey,
@@ -93,6 +95,7 @@ class RunRow(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     slack_writes: Mapped[int] = mapped_column(Integer, nullable=False)
     messages_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (
         Index(

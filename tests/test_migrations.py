@@ -48,7 +48,7 @@ INDEXES = {
     "ix_runs_channel_id_message_ts": ["channel_id", "message_ts"],
 }  # fmt: skip
 AUDIT_INDEXES = {"ix_audit_at": ["at"], "ix_audit_team_id_at": ["team_id", "at"]}
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture(scope="session")

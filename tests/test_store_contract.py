@@ -154,6 +154,7 @@ def full_record() -> RunRecord:
         duration_ms=4346,
         slack_writes=7,
         messages_json=b'[{"kind": "request"}]',
+        tool_calls=[{"name": "fetch_url", "args": "example.com", "duration_ms": 412, "ok": True}],
     )
 
 

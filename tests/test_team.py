@@ -161,7 +161,9 @@ async def test_stop_on_the_parent_cancels_the_whole_team(start_bot, emulator):
     [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=20)
     assert parent.status is RunStatus.CANCELLED and "Stopped by <@U123>" in parent.error
     children = await bot.store.children(parent.id)
-    assert len(children) == 2 and all(c.status is RunStatus.CANCELLED for c in children)
+    assert len(children) == 2 and all(c.status is RunStatus.CANCELLED for c in children), [
+        (c.status, c.error) for c in children
+    ]
     assert "coordinator" not in crew.prompts, "no synthesis after a stop"
     board = all_text(emulator.messages("C123")[0])
     assert "stopped" in board and board.count("⏹️") >= 2
