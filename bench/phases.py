@@ -2,7 +2,7 @@
 `Service` on 127.0.0.1, SQLite in a temporary directory) and a fresh Slack emulator that
 enforces Slack's limits, drives a workload into it and reads the figures.
 
-Phases that spread runs over several workspaces (the ack burst, the 200 runs) raise the
+Phases that spread runs over several workspaces (the ack bursts, the 200 runs) raise the
 emulator's `chat.update` limit to 50 a minute per workspace: the emulator counts one window
 for all teams, while the bot keeps one budget per team.
 """
@@ -10,35 +10,44 @@ for all teams, while the bot keeps one budget per team.
 from __future__ import annotations
 
 import asyncio
-import time
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import load
 from bench.ask import SECRET, start
 from bench.streams import LoopLag, ScriptedModel, StreamFigures, analyse
+from bot.models import RunQuery, RunStatus
 from bot.playground.emulator import SlackEmulator
 from bot.playground.state import Limit
 from bot.server import Service
 
 UPDATES_PER_MINUTE = 50  # Slack's Tier 3, per workspace (DESIGN.md §4)
 WORKSPACES = 10
+FULL_LOAD = 0.95  # "at the peak": at least this share of the peak number streaming at once
 
 
 @dataclass
 class AckFigures:
-    separate: list[float]  # seconds, load from a child process
-    in_process: list[float]  # seconds, load from the bot's own event loop
-    all_ok: bool
+    separate: list[list[float]]  # seconds per burst, load from a child process
+    in_process: list[float]  # seconds, one burst from the bot's own event loop
+    not_ok: int  # answers other than 200
+    failed_runs: int  # commands whose run did not succeed
 
 
 @dataclass
 class LoadFigures:
     runs: int
-    lags: list[float]  # loop lag samples while the runs stream
-    cpu: float  # process CPU time / wall time while the runs stream
+    peak: int  # most runs streaming at once
+    full: tuple[float, float] | None  # when (nearly) the peak number streamed at once
+    lags: list[float]  # loop lag samples then
+    cpu: float  # process CPU time / wall time then
+    lags_all: list[float]  # loop lag samples from the burst to the last token
+    cpu_all: float
     window: float  # seconds from the burst to the last token
     acks: list[float]
+    posted: list[float]  # seconds from the burst to each run's first message in Slack
+    failed_runs: int
     figures: StreamFigures
 
 
@@ -69,8 +78,16 @@ async def warm_up(emulator: SlackEmulator, service: Service) -> None:
 
 
 async def finish_work(service: Service, timeout: float) -> None:
+    """Wait (bounded) until every run has ended; the figures tell what did not finish."""
     if not await service.parts.background.wait(timeout):
-        raise TimeoutError(f"runs still going after {timeout:.0f} s")
+        print(f"  ! runs still going after {timeout:.0f} s; counted as they are")
+
+
+async def failed_runs(service: Service, names: list[str]) -> int:
+    """Commands in `names` whose run is not recorded as succeeded."""
+    runs = await service.parts.store.query(RunQuery(limit=1000))
+    succeeded = {r.channel_id for r in runs if r.status is RunStatus.SUCCEEDED}
+    return sum(1 for name in names if name not in succeeded)
 
 
 def commands_for(
@@ -92,18 +109,28 @@ def commands_for(
     return out
 
 
-async def ack_latency(commands: int, *, seed: int, tmp: Path) -> AckFigures:
-    """`commands` slash commands at once, from a child process, then from the bot's loop;
-    every command starts a one-second streamed answer."""
+async def ack_latency(commands: int, *, bursts: int, seed: int, tmp: Path) -> AckFigures:
+    """`bursts` rounds of `commands` slash commands at once from a child process, then one
+    round from the bot's own loop; each command starts a one-second streamed answer, and
+    each round waits for the previous one's runs to end."""
     emulator = await emulator_for(WORKSPACES)
     model = ScriptedModel(tokens=30, rate=30.0, seed=seed)
     service = await start(emulator, tmp / "ack.db", model.model)
+    separate: list[list[float]] = []
+    names: list[str] = []
+    not_ok = 0
     try:
         await warm_up(emulator, service)
-        job = commands_for(emulator, channels(commands), workspaces=WORKSPACES)
-        separate = await load.burst(url_of(service), SECRET, job)
-        await finish_work(service, 120)
-        second = channels(commands, first=commands)
+        for burst in range(bursts):
+            batch = channels(commands, first=burst * commands)
+            names += batch
+            job = commands_for(emulator, batch, workspaces=WORKSPACES, first_user=len(names))
+            answers = await load.burst(url_of(service), SECRET, job)
+            separate.append([a.latency for a in answers])
+            not_ok += sum(a.status != 200 for a in answers)
+            await finish_work(service, 120)
+        batch = channels(commands, first=bursts * commands)
+        names += batch
         deliveries = await asyncio.gather(
             *(
                 emulator.send_slash_command(
@@ -111,18 +138,19 @@ async def ack_latency(commands: int, *, seed: int, tmp: Path) -> AckFigures:
                     "/ask",
                     f"stream {channel}",
                     channel_id=channel,
-                    user_id=f"U{commands + i:05}",
+                    user_id=f"U{len(names) + i:05}",
                     team_id=team_of(i, WORKSPACES),
                 )
-                for i, channel in enumerate(second)
+                for i, channel in enumerate(batch)
             )
         )
+        not_ok += sum(d.status != 200 for d in deliveries)
         await finish_work(service, 120)
+        failed = await failed_runs(service, names)
     finally:
         await service.stop(grace=5)
         await emulator.close()
-    all_ok = all(a.status == 200 for a in separate) and all(d.status == 200 for d in deliveries)
-    return AckFigures([a.latency for a in separate], [d.latency for d in deliveries], all_ok)
+    return AckFigures(separate, [d.latency for d in deliveries], not_ok, failed)
 
 
 async def concurrent_streams(count: int, *, model: ScriptedModel, tmp: Path) -> StreamFigures:
@@ -132,7 +160,7 @@ async def concurrent_streams(count: int, *, model: ScriptedModel, tmp: Path) -> 
     names = channels(count)
     try:
         await warm_up(emulator, service)
-        deliveries = await asyncio.gather(
+        await asyncio.gather(
             *(
                 emulator.send_slash_command(
                     url_of(service),
@@ -144,7 +172,6 @@ async def concurrent_streams(count: int, *, model: ScriptedModel, tmp: Path) -> 
                 for i, channel in enumerate(names)
             )
         )
-        assert all(d.status == 200 for d in deliveries), [d.status for d in deliveries]
         longest = max(model.duration(c) for c in names)
         # Slack's ceiling: every final needs one update of the workspace's 50 a minute.
         await finish_work(service, longest + count * 60 / UPDATES_PER_MINUTE * 2 + 30)
@@ -156,8 +183,9 @@ async def concurrent_streams(count: int, *, model: ScriptedModel, tmp: Path) -> 
 
 
 async def many_runs(runs: int, *, model: ScriptedModel, tmp: Path) -> LoadFigures:
-    """`runs` streamed answers at once over `WORKSPACES` workspaces; event-loop lag and CPU
-    from the burst until the last token was generated."""
+    """`runs` slash commands at once over `WORKSPACES` workspaces; event-loop lag and CPU
+    while (nearly) the peak number of runs stream at once, and from the burst until the
+    last token was generated."""
     emulator = await emulator_for(WORKSPACES)
     service = await start(
         emulator, tmp / "load.db", model.model, AGENTBOT_MAX_CONCURRENT_RUNS=max(runs, 50)
@@ -170,21 +198,31 @@ async def many_runs(runs: int, *, model: ScriptedModel, tmp: Path) -> LoadFigure
         job = commands_for(emulator, names, workspaces=WORKSPACES)
         answers = await load.burst(url_of(service), SECRET, job)
         longest = max(model.duration(c) for c in names)
-        await model.wait_finished(runs, timeout=longest + 120)
-        last_token = time.monotonic()
         per_workspace = runs / WORKSPACES
-        await finish_work(service, longest + per_workspace * 60 / UPDATES_PER_MINUTE * 2 + 60)
+        await finish_work(service, longest + per_workspace * 60 / UPDATES_PER_MINUTE * 2 + 90)
         interval = service.parts.settings.update_interval
+        failed = await failed_runs(service, names)
     finally:
         await ticker.stop()
         await service.stop(grace=5)
         await emulator.close()
     sent = min(a.sent_at for a in answers)
+    last_token = model.last_token_at()
+    posts = {c.args.get("channel"): c.at for c in reversed(emulator.calls_to("chat.postMessage"))}
+    peak, _ = model.busiest(runs)
+    _, full = model.busiest(math.ceil(FULL_LOAD * peak))
+    begin, end = full or (math.nan, math.nan)
     return LoadFigures(
         runs=runs,
-        lags=ticker.lags(sent, last_token),
-        cpu=ticker.cpu_share(sent, last_token),
+        peak=peak,
+        full=full,
+        lags=ticker.lags(begin, end),
+        cpu=ticker.cpu_share(begin, end),
+        lags_all=ticker.lags(sent, last_token),
+        cpu_all=ticker.cpu_share(sent, last_token),
         window=last_token - sent,
         acks=[a.latency for a in answers],
+        posted=[posts[name] - sent for name in names if name in posts],
+        failed_runs=failed,
         figures=analyse(emulator, model, names, interval=interval),
     )

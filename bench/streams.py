@@ -48,9 +48,6 @@ class ScriptedModel:
         self.rate = rate
         self.seed = seed
         self.generated: dict[str, list[float]] = {}
-        self.finished = 0
-        self._all_finished = asyncio.Event()
-        self._expected = 0
         self.model = FunctionModel(stream_function=self._stream, model_name="bench-scripted")
 
     def schedule(self, key: str) -> list[float]:
@@ -69,12 +66,27 @@ class ScriptedModel:
     def text(self) -> str:
         return "".join(f"t{i} " for i in range(self.tokens))
 
-    async def wait_finished(self, streams: int, timeout: float) -> None:
-        """Wait until `streams` streams have sent their last token."""
-        self._expected = streams
-        if self.finished >= streams:
-            return
-        await asyncio.wait_for(self._all_finished.wait(), timeout)
+    def busiest(self, at_least: int) -> tuple[int, tuple[float, float] | None]:
+        """The most streams that were between their first and last token at once, and the
+        time span in which at least `at_least` were (None if never)."""
+        edges = sorted(
+            [(stamps[0], 1) for stamps in self.generated.values() if stamps]
+            + [(stamps[-1], -1) for stamps in self.generated.values() if stamps]
+        )
+        live = peak = 0
+        start = end = None
+        for at, step in edges:
+            live += step
+            peak = max(peak, live)
+            if live >= at_least and start is None:
+                start = at
+            if live < at_least and start is not None and end is None:
+                end = at
+        return peak, (None if start is None or end is None else (start, end))
+
+    def last_token_at(self) -> float:
+        """When the last token of any stream was due (nan before any)."""
+        return max((stamps[-1] for stamps in self.generated.values() if stamps), default=math.nan)
 
     async def _stream(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
         key = prompt_of(messages).split()[-1]
@@ -87,9 +99,6 @@ class ScriptedModel:
                 await asyncio.sleep(delay)
             stamps.append(due)
             yield f"t{i} "
-        self.finished += 1
-        if self._expected and self.finished >= self._expected:
-            self._all_finished.set()
 
 
 def prompt_of(messages: list[ModelMessage]) -> str:
