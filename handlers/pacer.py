@@ -30,6 +30,8 @@ from bot.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Content = tuple[str, list[dict[str, Any]]]
+"""What chat.update sends: the notification text and the blocks."""
 
 # ok:false answers that no retry can fix: the message or channel is gone or not ours.
 PERMANENT_ERRORS = frozenset(
@@ -91,8 +93,11 @@ class SlackCallFailed(Exception):
 
 
 class TokenBucket:
+    """Bursts of `burst`, refilled so that no 60 s window ever holds more than `per_minute`
+    calls (a full burst plus a minute of refill must still fit Slack's window)."""
+
     def __init__(self, budget: Budget, clock: Clock) -> None:
-        self._rate = budget.per_minute / 60.0
+        self._rate = max(budget.per_minute - budget.burst, 1) / 60.0
         self._capacity = float(budget.burst)
         self._tokens = float(budget.burst)
         self._clock = clock
@@ -120,7 +125,7 @@ class LiveMessage:
     channel: str
     ts: str
     _pacer: WorkspacePacer = field(repr=False)
-    latest: tuple[str, list[dict[str, Any]]] | None = None
+    latest: Content | Callable[[], Content] | None = None
     final: bool = False
     dirty: bool = False
     dirty_since: float = 0.0
@@ -136,6 +141,17 @@ class LiveMessage:
             return
         self.latest = (text, blocks)
         self.final = final
+        if not self.dirty:
+            self.dirty_since = self._pacer._clock()
+        self.dirty = True
+        self._pacer._wake.set()
+
+    def set_rendered(self, render: Callable[[], Content]) -> None:
+        """Like `set`, but the content is made only when it is sent: a stream calls this per
+        token, and only the texts that are sent are ever rendered."""
+        if self.final or self.error is not None:
+            return
+        self.latest = render
         if not self.dirty:
             self.dirty_since = self._pacer._clock()
         self.dirty = True
@@ -243,7 +259,7 @@ class WorkspacePacer:
 
     async def _send(self, message: LiveMessage) -> None:
         assert message.latest is not None
-        text, blocks = message.latest
+        text, blocks = message.latest() if callable(message.latest) else message.latest
         was_final = message.final
         message.dirty = False
         message.writes += 1
