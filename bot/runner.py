@@ -38,6 +38,7 @@ from bot.tools import ThreadReader, ToolDeps, ToolLimits
 
 log = logging.getLogger(__name__)
 
+CREATE_TRIES = 4
 TRANSIENT_ERRORS = (
     ModelRateLimitError,
     ModelUnavailableError,
@@ -165,7 +166,8 @@ class Runner:
         Never raises for a failed run: the failure is in the record and shown by the sink.
         """
         run.status = RunStatus.QUEUED
-        await self._store.create(run)
+        if not await self._create(run, sink):
+            return run
         self._metrics.live_runs.inc()
         started = time.monotonic()
         checkpoints = Checkpoints(self._store, interval=self._checkpoint_interval)
@@ -206,6 +208,26 @@ class Runner:
         self._metrics.runs.labels(run.kind.value, run.status.value).inc()
         self._metrics.run_duration.labels(run.kind.value).observe(run.duration_ms / 1000)
         return run
+
+    async def _create(self, run: RunRecord, sink: Sink) -> bool:
+        """Record the run before anything is shown; retried while the database is busy.
+        When it cannot be recorded the user is still told, and False is returned."""
+        for attempt in range(1, CREATE_TRIES + 1):
+            try:
+                await self._store.create(run)
+                return True
+            except Exception as exc:
+                if attempt == CREATE_TRIES:
+                    log.error("run %s: could not be recorded: %s", run.id, exc)
+                    break
+                await asyncio.sleep(0.25 * 2**attempt)
+        run.status, run.error = RunStatus.FAILED, "the run could not be recorded (database busy)"
+        try:
+            await sink.start(run)
+            await sink.finish(run)
+        except Exception:
+            log.exception("run %s: could not say so in Slack either", run.id)
+        return False
 
     async def _deliver(self, run: RunRecord, sink: Sink) -> None:
         """Let the sink show the end; a Slack outage must not lose the record."""

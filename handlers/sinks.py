@@ -95,8 +95,13 @@ class SlackEditSink:
     def progress(self, text: str, progress: Progress) -> None:
         if self._live is None or self._run is None:
             return
-        message = render.live_message(self._run, text, progress, heading=self._heading)
-        self._live.set(message.text, message.blocks)
+        run, heading = self._run, self._heading
+
+        def content() -> tuple[str, list]:
+            message = render.live_message(run, text, progress, heading=heading)
+            return message.text, message.blocks
+
+        self._live.set_rendered(content)
 
     async def finish(self, run: RunRecord) -> None:
         assert self._live is not None, "finish() before start()"

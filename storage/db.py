@@ -45,6 +45,11 @@ def create_engine(url: str, *, connect_args: Mapping[str, Any] | None = None) ->
             "(use sqlite+aiosqlite:///PATH or postgresql+asyncpg://...)"
         )
     kwargs: dict[str, Any] = {"connect_args": dict(connect_args or {})}
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        # SQLite has one writer at a time: a single connection queues writes in the pool
+        # (fair, in order) instead of letting many connections race for the lock and fail
+        # with "database is locked" under a burst of runs. Each operation is short.
+        kwargs.update(pool_size=1, max_overflow=0, pool_timeout=60)
     if backend != "sqlite":
         kwargs["pool_pre_ping"] = True
         if parsed.get_driver_name() == "asyncpg":

@@ -161,3 +161,20 @@ async def test_stop_cancels_with_the_text_so_far():
     assert sink.events[-1] == ("finish", RunStatus.CANCELLED)
     assert len(runner.live) == 0
     assert not runner.live.stop(run.id, status=RunStatus.CANCELLED, reason="again")
+
+
+async def test_a_run_that_cannot_be_recorded_still_tells_the_user():
+    runner, store = make_runner()
+
+    async def broken_create(run: RunRecord) -> None:
+        raise OSError("database is locked")
+
+    store.create = broken_create  # the store's own failure, as SQLite gives it under load
+    script = ScriptedModel(["never"])
+    sink = RecordingSink()
+    run = await runner.run(
+        agent_for(script), RunRecord(kind=RunKind.ASK, prompt="p"), sink=sink, policy=RunPolicy()
+    )
+    assert run.status is RunStatus.FAILED and "could not be recorded" in run.error
+    assert sink.events[-1] == ("finish", RunStatus.FAILED)
+    assert script.calls == []
