@@ -16,6 +16,7 @@ from bot.config import AppConfig, Settings
 from bot.models import RunKind, RunQuery, RunRecord
 from bot.playground.emulator import SlackEmulator
 from bot.server import Service, build_parts
+from tests.databases import postgres_unreachable_reason
 
 models.ALLOW_MODEL_REQUESTS = False
 
@@ -29,6 +30,12 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("SLACK_", "AGENTBOT_", "OPENAI_", "ANTHROPIC_")) or name == "PORT":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_unreachable() -> str | None:
+    """Why PostgreSQL cannot be used in this session's tests, or None."""
+    return postgres_unreachable_reason()
 
 
 @pytest.fixture

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +19,7 @@ from storage.db import check, create_engine, upgrade
 from storage.repository import SqlRunStore
 from storage.search import is_search_object
 from storage.tables import Base, RunRow
-
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+from tests.databases import postgres_engine, sqlite_engine
 
 INDEXES = {
     "ix_runs_created_at_stats": [
@@ -49,54 +43,6 @@ INDEXES = {
 }  # fmt: skip
 AUDIT_INDEXES = {"ix_audit_at": ["at"], "ix_audit_team_id_at": ["team_id", "at"]}
 HEAD = "0004"
-
-
-@pytest.fixture(scope="session")
-def postgres_unreachable() -> str | None:
-    """Why PostgreSQL cannot be used, or None (probed in a thread, off the test's loop)."""
-
-    async def probe() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(PG_DSN, timeout=3)
-        await conn.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        try:
-            pool.submit(asyncio.run, probe()).result(timeout=10)
-        except Exception as exc:
-            return f"PostgreSQL not reachable at {PG_DSN}: {type(exc).__name__}: {exc}"
-    return None
-
-
-@asynccontextmanager
-async def postgres_engine(unreachable: str | None) -> AsyncIterator[AsyncEngine]:
-    """An engine whose connections work in a fresh schema, dropped afterwards."""
-    if unreachable:
-        pytest.skip(unreachable)
-    import asyncpg
-
-    schema = f"agentbot_t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(PG_DSN, timeout=5)
-    try:
-        await admin.execute(f'CREATE SCHEMA "{schema}"')
-        engine = create_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
-        try:
-            yield engine
-        finally:
-            await engine.dispose()
-            await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    finally:
-        await admin.close()
-
-
-@asynccontextmanager
-async def sqlite_engine(path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -6,12 +6,8 @@ otherwise.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -36,68 +32,11 @@ from bot.models import (
     utcnow,
 )
 from bot.ports import RunStore
-from storage.db import create_engine, upgrade
+from storage.db import upgrade
 from storage.repository import SqlRunStore
+from tests.databases import postgres_engine, sqlite_engine
 
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def postgres_unreachable_reason() -> str | None:
-    """Why PostgreSQL cannot be used for tests, or None when it answers (probed in a thread
-    so that it never touches the test's event loop)."""
-
-    async def probe() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(PG_DSN, timeout=3)
-        await conn.close()
-
-    def run() -> None:
-        asyncio.run(probe())
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        try:
-            pool.submit(run).result(timeout=10)
-        except Exception as exc:
-            return f"PostgreSQL not reachable at {PG_DSN}: {type(exc).__name__}: {exc}"
-    return None
-
-
-@pytest.fixture(scope="session")
-def postgres_unreachable() -> str | None:
-    return postgres_unreachable_reason()
-
-
-@asynccontextmanager
-async def postgres_engine(unreachable: str | None) -> AsyncIterator[AsyncEngine]:
-    """An engine whose connections work in a fresh schema, dropped afterwards."""
-    if unreachable:
-        pytest.skip(unreachable)
-    import asyncpg
-
-    schema = f"agentbot_t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(PG_DSN, timeout=5)
-    try:
-        await admin.execute(f'CREATE SCHEMA "{schema}"')
-        engine = create_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
-        try:
-            yield engine
-        finally:
-            await engine.dispose()
-            await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    finally:
-        await admin.close()
-
-
-@asynccontextmanager
-async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -108,7 +47,7 @@ async def store(
         yield MemoryRunStore()
         return
     if request.param == "sqlite":
-        opened = sqlite_engine(tmp_path)
+        opened = sqlite_engine(tmp_path / "runs.db")
     else:
         opened = postgres_engine(postgres_unreachable)
     async with opened as engine:
@@ -604,7 +543,7 @@ async def test_search_takes_every_character_literally(store: RunStore, words: st
 
 @pytest.fixture
 async def sqlite_db(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    async with sqlite_engine(tmp_path) as engine:
+    async with sqlite_engine(tmp_path / "runs.db") as engine:
         await upgrade(engine)
         yield engine
 
@@ -654,7 +593,7 @@ async def test_search_too_common_for_the_index_still_finds_everything(
 
 
 async def test_search_without_its_triggers_scans_instead(tmp_path: Path) -> None:
-    async with sqlite_engine(tmp_path) as engine:
+    async with sqlite_engine(tmp_path / "runs.db") as engine:
         await upgrade(engine)
         async with engine.begin() as conn:
             await conn.execute(text("DROP TRIGGER runs_search_insert"))
