@@ -272,7 +272,6 @@ class Runner:
     ) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        parts: list[str] = []
         activity = ToolActivity()
         limits = policy.tool_limits
         deps = ToolDeps(
@@ -307,8 +306,7 @@ class Runner:
                         if delta:
                             if run.first_token_at is None:
                                 run.first_token_at = utcnow()
-                            parts.append(delta)
-                            run.output = "".join(parts)
+                            run.output += delta
                         progress = Progress(
                             output_tokens=estimate_tokens(run.output),
                             elapsed_s=loop.time() - started,
