@@ -122,9 +122,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     require(settings, "slack_bot_token")
     require(settings, "slack_app_token" if socket_mode else "slack_signing_secret")
     config = load_config(settings)
-    port = args.port if args.port is not None else settings.port
-    if not 0 <= port <= 65535:
-        raise InputError(f"--port: {port} is not a port number")
+    port = _port(args, settings)
     asyncio.run(
         _serve_until_signal(settings, config, host=args.host, port=port, socket_mode=socket_mode)
     )
@@ -154,15 +152,20 @@ async def _serve_until_signal(
     await service.stop(grace=settings.shutdown_grace)
 
 
+def _port(args: argparse.Namespace, settings: Settings) -> int:
+    port = args.port if args.port is not None else settings.port
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port: {port} is not a port number")
+    return port
+
+
 # -- playground ----------------------------------------------------------------------------
 
 
 def _playground(settings: Settings, args: argparse.Namespace) -> int:
     from bot.playground.app import run_playground
 
-    port = args.port if args.port is not None else settings.port
-    if not 0 <= port <= 65535:
-        raise InputError(f"--port: {port} is not a port number")
+    port = _port(args, settings)
     return run_playground(settings, load_config(settings), port=port)
 
 
