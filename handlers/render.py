@@ -141,9 +141,10 @@ def final_messages(run: RunRecord, *, heading: str | None = None) -> list[SlackM
     return [first, *rest]
 
 
-def status_notice(run: RunRecord) -> str | None:
-    """The line that explains an unsuccessful end, or None for a success."""
-    kept = " Partial answer kept above." if run.output else ""
+def status_notice(run: RunRecord, *, answer_above: bool = True) -> str | None:
+    """The line that explains an unsuccessful end, or None for a success. `answer_above`:
+    the message shows the run's output above the line (a board does not)."""
+    kept = " Partial answer kept above." if run.output and answer_above else ""
     match run.status:
         case RunStatus.SUCCEEDED:
             return None if run.output else "_The model returned an empty answer._"
@@ -245,11 +246,13 @@ def board_message(run: RunRecord, view: BoardView, *, final: bool) -> SlackMessa
     ]
     if lines:
         blocks.append(_section(tail_that_fits("\n".join(lines), SECTION_BYTES)))
-    notice = status_notice(run) if final and run.status is not RunStatus.SUCCEEDED else None
+    notice = None
+    if final and run.status is not RunStatus.SUCCEEDED:
+        notice = status_notice(run, answer_above=False)
     if final and run.status is RunStatus.SUCCEEDED and run.error:
         notice = f"⚠️ {run.error}."  # e.g. some subtasks failed but the team still answered
     if notice:
-        blocks.append(_section(notice.replace(" Partial answer kept above.", "")))
+        blocks.append(_section(notice))
     if final:
         blocks.append(_context(f"{view.summary or ''} · answers in the thread ↓".lstrip(" ·")))
     else:
