@@ -14,6 +14,7 @@ from bot.config import DEMO_MODEL, AgentSpec, AppConfig, Settings
 from bot.demo import demo_model
 from bot.errors import ConfigError
 from bot.mcp import McpServers
+from bot.text import one_line
 from bot.tools import ToolDeps, tool_guard, toolset_for
 
 ModelFactory = Callable[[str, str], Model]
@@ -98,9 +99,5 @@ class AgentRegistry:
             )
         except UserError as exc:
             source = f"agents.{name}.model" if spec.model else "AGENTBOT_MODEL"
-            raise ConfigError(f"{source}={model_string!r}: {_one_line(str(exc))}") from None
+            raise ConfigError(f"{source}={model_string!r}: {one_line(str(exc))}") from None
         return BuiltAgent(name=name, agent=agent, spec=spec, model_name=model_name)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -18,6 +18,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork
 from yarl import URL
 
+from bot.text import one_line
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 """Gives the IP addresses of (host, port); `resolve_host` in production, a fake in tests."""
@@ -225,7 +227,7 @@ async def fetch_page(url: str, policy: FetchPolicy, *, resolve: Resolve | None =
     except TimeoutError:
         raise FetchError(f"no answer within {policy.timeout:g} s") from None
     except aiohttp.ClientError as exc:
-        raise FetchError(f"cannot fetch: {_one_line(str(exc)) or type(exc).__name__}") from None
+        raise FetchError(f"cannot fetch: {one_line(str(exc)) or type(exc).__name__}") from None
 
 
 async def _fetch(url: URL, policy: FetchPolicy, resolve: Resolve) -> str:
@@ -360,7 +362,7 @@ class PageText(HTMLParser):
         if self._skip or not data:
             return
         if self._in_title:
-            self.title = _one_line(self.title + " " + data)
+            self.title = one_line(self.title + " " + data)
         elif self._pre:
             self._write(data)
         else:
@@ -385,7 +387,3 @@ class PageText(HTMLParser):
     def text(self) -> str:
         lines = (line.rstrip() for line in "".join(self._out).splitlines())
         return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

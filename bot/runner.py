@@ -34,6 +34,7 @@ from bot.limits import Admission
 from bot.metrics import Metrics
 from bot.models import Progress, RunRecord, RunStatus, utcnow
 from bot.ports import RunStore, Sink
+from bot.text import preview
 from bot.tools import ThreadReader, ToolDeps, ToolLimits
 
 log = logging.getLogger(__name__)
@@ -384,13 +385,13 @@ def describe_failure(exc: BaseException, policy: RunPolicy) -> str:
         what = "its token budget" if "token" in exc.message else "a usage limit"
         return f"The run hit {what} ({exc.message})"
     if isinstance(exc, ModelHTTPError):
-        return f"The model API failed (HTTP {exc.status_code}: {_short(exc.message)})"
+        return f"The model API failed (HTTP {exc.status_code}: {preview(exc.message, 200)})"
     if isinstance(exc, ModelConnectionError):
-        return f"The model API could not be reached ({_short(exc.message)})"
+        return f"The model API could not be reached ({preview(exc.message, 200)})"
     if isinstance(exc, ModelAPIError):
-        return f"The model API failed ({_short(exc.message)})"
+        return f"The model API failed ({preview(exc.message, 200)})"
     if isinstance(exc, AgentRunError):
-        return f"The model's answer could not be used ({_short(exc.message)})"
+        return f"The model's answer could not be used ({preview(exc.message, 200)})"
     return f"The run failed ({type(exc).__name__})"
 
 
@@ -414,8 +415,3 @@ def _copy_usage(usage: object, run: RunRecord) -> None:
     run.input_tokens = getattr(usage, "input_tokens", 0) or 0
     run.output_tokens = getattr(usage, "output_tokens", 0) or 0
     run.requests = getattr(usage, "requests", 0) or 0
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -26,6 +26,7 @@ from pydantic_ai.toolsets import FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
 from bot.fetch import FetchError, FetchPolicy, Resolve, fetch_page
+from bot.text import cap, one_line
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ async def read_thread(ctx: RunContext[ToolDeps]) -> str:
     if deps.thread_reader is None or deps.channel_id is None:
         raise ToolFailed("there is no Slack thread to read for this run")
     messages = await deps.thread_reader(deps.channel_id, deps.thread_ts, limit=THREAD_MESSAGES)
-    lines = [f"{m.author}: {_cap(m.text.strip(), MESSAGE_CHARS)}" for m in messages]
+    lines = [f"{m.author}: {cap(m.text.strip(), MESSAGE_CHARS)}" for m in messages]
     kept: list[str] = []
     size = 0
     for line in reversed(lines):  # the newest matter most
@@ -221,12 +222,4 @@ async def _failed_result(
     ctx: RunContext[Any], *, call: ToolCallPart, tool_def: object, args: Any, error: Exception
 ) -> Any:
     log.warning("tool %s raised", call.tool_name, exc_info=error)
-    raise ToolFailed(_cap(f"{type(error).__name__}: {_one_line(str(error))}", 300)) from error
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _cap(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    raise ToolFailed(cap(f"{type(error).__name__}: {one_line(str(error))}", 300)) from error

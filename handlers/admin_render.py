@@ -23,6 +23,7 @@ from bot.query import (
     share,
     sparkline,
 )
+from bot.text import preview as text_preview
 from handlers.render import SlackMessage
 
 MORE_ACTION_ID = "history_more"
@@ -245,8 +246,7 @@ def when(moment: datetime, *, time: bool = True) -> str:
 
 
 def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return text_preview(text, limit)
 
 
 def escape(text: str) -> str:

@@ -11,11 +11,14 @@ from typing import Any
 
 from bot.board import BoardView, ItemStatus
 from bot.models import Progress, RunRecord, RunStatus
+from bot.text import preview
 
 ANSWER_CHUNK_BYTES = 3900
 """The most answer text one message shows (DESIGN.md §4: ~4,000 for a readable update)."""
 
 PROMPT_PREVIEW_CHARS = 280
+NOTIFICATION_CHARS = 150
+"""The most characters of a message's `text` (its notification) beside its blocks."""
 STOP_ACTION_ID = "stop_run"
 
 Blocks = list[dict[str, Any]]
@@ -183,9 +186,9 @@ def tools_used(run: RunRecord) -> str | None:
     return f"🔧 {used}" + (f" ({failed} failed)" if failed else "")
 
 
-def _notification(text: str, limit: int = 150) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+def _notification(text: str) -> str:
+    """A message's `text`: what notifications and screen readers show of it."""
+    return preview(text, NOTIFICATION_CHARS)
 
 
 def _quote_inline(text: str) -> str:
