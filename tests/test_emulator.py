@@ -261,6 +261,44 @@ async def test_streaming_through_slack_sdk_chat_stream(
     assert emu.thread("C1", parent["ts"])[1] is message
 
 
+async def test_task_chunks_show_as_task_cards(emu: SlackEmulator, client: AsyncWebClient) -> None:
+    parent = await client.chat_postMessage(channel="C1", text="question")
+    started = await client.chat_startStream(
+        channel="C1", thread_ts=parent["ts"], task_display_mode="plan", markdown_text="Looking"
+    )
+    ts = started["ts"]
+    card = {"id": "call1", "title": "fetch_url example.com"}
+    task = {"type": "task_update", **card}
+    await client.chat_appendStream(
+        channel="C1",
+        ts=ts,
+        chunks=[{"type": "markdown_text", "text": "…"}, {**task, "status": "in_progress"}],
+    )
+    message = stored(emu, "C1", ts)
+    assert message.task_display_mode == "plan" and message.text == "Looking…"
+    assert message.tasks == {"call1": {**card, "status": "in_progress"}}
+    await client.chat_stopStream(
+        channel="C1", ts=ts, chunks=[{**task, "status": "complete", "output": "done in 0.4 s"}]
+    )
+    assert message.tasks["call1"]["status"] == "complete" and message.text == "Looking…"
+    assert [t["status"] for t in message.task_history] == ["in_progress", "complete"]
+    assert message.to_json()["tasks"]["call1"]["output"] == "done in 0.4 s"
+
+    other = await client.chat_startStream(channel="C1", thread_ts=parent["ts"])
+    assert stored(emu, "C1", other["ts"]).task_display_mode == "timeline", "Slack's default"
+    for chunk in (
+        {**task, "status": "exploded"},
+        {"type": "task_update", "id": "x", "status": "pending"},
+        {**task, "status": "complete", "output": "x" * 257},
+    ):
+        call = client.chat_appendStream(channel="C1", ts=other["ts"], chunks=[chunk])
+        assert (await slack_error(call)).response["error"] == "invalid_arguments"
+    bad_mode = client.chat_startStream(
+        channel="C1", thread_ts=parent["ts"], task_display_mode="list"
+    )
+    assert (await slack_error(bad_mode)).response["error"] == "invalid_arguments"
+
+
 async def test_stream_ends_after_stop_or_ttl(emu: SlackEmulator, client: AsyncWebClient) -> None:
     parent = await client.chat_postMessage(channel="C1", text="q")
     started = await client.chat_startStream(channel="C1", thread_ts=parent["ts"], markdown_text="a")

@@ -47,6 +47,8 @@ Handler = Callable[[JsonDict], JsonDict]
 Answer = tuple[int, JsonDict | str, dict[str, str]]
 
 _JSON_ARGS = ("blocks", "attachments", "chunks", "metadata")
+TASK_STATUSES = ("pending", "in_progress", "complete", "error")
+TASK_TEXT_LIMIT = 256
 _BOT_SCOPES = (
     "app_mentions:read,channels:history,chat:write,commands,groups:history,im:history,users:read"
 )
@@ -422,6 +424,10 @@ class SlackEmulator:
     def _start_stream(self, args: JsonDict) -> JsonDict:
         channel = self._writable_channel(args)
         thread_ts = _required(args, "thread_ts")
+        mode = args.get("task_display_mode")
+        if mode not in (None, "timeline", "plan"):
+            raise SlackError("invalid_arguments", detail="task_display_mode: timeline or plan")
+        tasks = _task_updates(args)
         message = self.state.post(
             channel,
             user=self.bot_user_id,
@@ -430,23 +436,33 @@ class SlackEmulator:
             thread_ts=thread_ts,
             streaming=True,
         )
+        message.task_display_mode = mode or "timeline"
+        for chunk in tasks:
+            message.update_task(chunk)
         return {"ok": True, "channel": channel, "ts": message.ts}
 
     def _append_stream(self, args: JsonDict) -> JsonDict:
         channel, message = self._streaming_message(args)
         text = _stream_text(args)
+        tasks = _task_updates(args)
         if text is None:
             raise SlackError("invalid_arguments", detail="missing required field: markdown_text")
-        message.set_text(message.text + text)
+        for chunk in tasks:
+            message.update_task(chunk)
+        if text or not tasks:
+            message.set_text(message.text + text)
         self.state.message_changed(message, "streamed")
         return {"ok": True, "channel": channel, "ts": message.ts}
 
     def _stop_stream(self, args: JsonDict) -> JsonDict:
         channel, message = self._streaming_message(args)
         text = _stream_text(args)
+        tasks = _task_updates(args)
         if isinstance(args.get("blocks"), list):
             message.blocks = args["blocks"]
         message.streaming = False
+        for chunk in tasks:
+            message.update_task(chunk)
         if text:
             message.set_text(message.text + text)
         self.state.message_changed(message, "stopped")
@@ -950,6 +966,28 @@ def _content(args: JsonDict) -> tuple[str | None, list[Any] | None]:
     if not text and not blocks and not args.get("attachments"):
         raise SlackError("no_text")
     return (None if text is None else str(text)), blocks
+
+
+def _task_updates(args: JsonDict) -> list[JsonDict]:
+    """The `task_update` chunks of a streaming call, checked as Slack checks them: an id, a
+    title and a known status each; details and output at most 256 characters."""
+    chunks = args.get("chunks")
+    if chunks is not None and not isinstance(chunks, list):
+        raise SlackError("invalid_arguments", detail="chunks must be an array")
+    updates = [c for c in chunks or () if isinstance(c, dict) and c.get("type") == "task_update"]
+    for chunk in updates:
+        if not chunk.get("id") or not chunk.get("title"):
+            raise SlackError("invalid_arguments", detail="task_update needs an id and a title")
+        if chunk.get("status") not in TASK_STATUSES:
+            raise SlackError(
+                "invalid_arguments", detail=f"task_update status {chunk.get('status')!r}"
+            )
+        for key in ("details", "output"):
+            if len(str(chunk.get(key) or "")) > TASK_TEXT_LIMIT:
+                raise SlackError(
+                    "invalid_arguments", detail=f"task_update {key} over 256 characters"
+                )
+    return updates
 
 
 def _stream_text(args: JsonDict) -> str | None:

@@ -17,6 +17,9 @@ from typing import Any
 
 JsonDict = dict[str, Any]
 
+TASK_FIELDS = ("id", "title", "status", "details", "output", "sources")
+"""The fields of a `task_update` chunk (chat.*Stream), as Slack documents them."""
+
 
 class SlackError(Exception):
     """A Web API call that Slack answers with `{"ok": false, "error": error}`."""
@@ -45,6 +48,18 @@ class Message:
     reply_count: int = 0
     latest_reply: str | None = None
     stream_started_at: float | None = field(default=None, repr=False)  # time.monotonic()
+    task_display_mode: str | None = None  # "timeline" or "plan", for a streamed message
+    tasks: dict[str, JsonDict] = field(default_factory=dict)
+    """The latest state of each task card a stream sent (`task_update` chunks), by task id,
+    in the order they first came."""
+    task_history: list[JsonDict] = field(default_factory=list)
+    """Every `task_update` chunk received, oldest first."""
+
+    def update_task(self, chunk: JsonDict) -> None:
+        """Apply one `task_update` chunk: a new card, or a new state of one already shown."""
+        update = {key: chunk[key] for key in TASK_FIELDS if chunk.get(key) is not None}
+        self.tasks[str(chunk["id"])] = {**self.tasks.get(str(chunk["id"]), {}), **update}
+        self.task_history.append(update)
 
     def set_text(self, text: str) -> None:
         """Replace the text and remember the new version."""

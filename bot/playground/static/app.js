@@ -377,6 +377,29 @@
     return node;
   }
 
+  const TASK_ICONS = { pending: "○", in_progress: "◌", complete: "✓", error: "⚠" };
+
+  // Task cards a native stream sent (task_update chunks): one box for "plan", a card each
+  // for "timeline".
+  function tasks(message) {
+    const list = Object.values(message.tasks || {});
+    if (!list.length) return null;
+    const mode = message.task_display_mode === "plan" ? "plan" : "timeline";
+    const node = el("div", `tasks tasks-${mode}`);
+    if (mode === "plan") node.append(el("div", "tasks-title", "Plan"));
+    for (const task of list) {
+      const card = el("div", `task task-${task.status}`);
+      card.append(el("span", "task-icon", TASK_ICONS[task.status] || "○"));
+      const words = el("div", "task-words");
+      words.append(el("div", "task-title", task.title || ""));
+      const note = task.output || task.details;
+      if (note) words.append(el("div", "task-note", note));
+      card.append(words);
+      node.append(card);
+    }
+    return node;
+  }
+
   function blocks(message) {
     const frag = document.createDocumentFragment();
     const list = Array.isArray(message.blocks) ? message.blocks : [];
@@ -484,6 +507,8 @@
     body.append(head);
 
     const content = el("div", "content");
+    const taskList = tasks(message);
+    if (taskList) content.append(taskList);
     content.append(blocks(message));
     body.append(content);
 
