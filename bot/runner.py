@@ -279,8 +279,10 @@ class Runner:
             fetch=self._fetch_policy,
             limits=limits,
             thread_reader=self._thread_reader,
+            team_id=run.team_id,
             channel_id=run.channel_id,
             thread_ts=run.thread_ts,
+            message_ts=run.message_ts,
         )
         try:
             # run_stream_events, not run_stream: text a model writes before a tool call must

@@ -56,14 +56,16 @@ class ToolLimits(BaseModel):
 class ThreadMessage:
     author: str
     text: str
+    ts: str = ""
 
 
 class ThreadReader(Protocol):
     """Returns the latest `limit` messages, oldest first, of the thread `thread_ts` in
-    `channel_id` (or of the channel when `thread_ts` is None). Implemented by the Slack side."""
+    `channel_id` (or of the channel when `thread_ts` is None), read within the budget of
+    workspace `team_id`. Implemented by the Slack side."""
 
     async def __call__(
-        self, channel_id: str, thread_ts: str | None, *, limit: int
+        self, channel_id: str, thread_ts: str | None, *, limit: int, team_id: str | None = None
     ) -> Sequence[ThreadMessage]: ...
 
 
@@ -82,8 +84,11 @@ class ToolDeps:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     limits: ToolLimits = field(default_factory=ToolLimits)
     thread_reader: ThreadReader | None = None
+    team_id: str | None = None
     channel_id: str | None = None
     thread_ts: str | None = None
+    message_ts: str | None = None
+    """The run's own reply, still being written: `read_thread` leaves it out."""
     resolve: Resolve | None = None
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     """The clock `current_time` reads (tests pass a fixed one)."""
@@ -121,8 +126,14 @@ async def read_thread(ctx: RunContext[ToolDeps]) -> str:
     deps = _deps(ctx)
     if deps.thread_reader is None or deps.channel_id is None:
         raise ToolFailed("there is no Slack thread to read for this run")
-    messages = await deps.thread_reader(deps.channel_id, deps.thread_ts, limit=THREAD_MESSAGES)
-    lines = [f"{m.author}: {cap(m.text.strip(), MESSAGE_CHARS)}" for m in messages]
+    messages = await deps.thread_reader(
+        deps.channel_id, deps.thread_ts, limit=THREAD_MESSAGES, team_id=deps.team_id
+    )
+    lines = [
+        f"{m.author}: {cap(m.text.strip(), MESSAGE_CHARS)}"
+        for m in messages
+        if not (deps.message_ts and m.ts == deps.message_ts)
+    ]
     kept: list[str] = []
     size = 0
     for line in reversed(lines):  # the newest matter most

@@ -15,9 +15,9 @@ class SlackThreadReader:
         self._pacer = pacer
 
     async def __call__(
-        self, channel_id: str, thread_ts: str | None, *, limit: int
+        self, channel_id: str, thread_ts: str | None, *, limit: int, team_id: str | None = None
     ) -> Sequence[ThreadMessage]:
-        workspace = self._pacer.workspace(None)
+        workspace = self._pacer.workspace(team_id)
         if thread_ts is not None:
             data = await workspace.call(
                 "conversations.replies", channel=channel_id, ts=thread_ts, limit=limit
@@ -27,7 +27,9 @@ class SlackThreadReader:
             data = await workspace.call("conversations.history", channel=channel_id, limit=limit)
             messages = list(reversed(data.get("messages", [])))
         return [
-            ThreadMessage(author=m.get("user") or m.get("bot_id") or "?", text=_text(m))
+            ThreadMessage(
+                author=m.get("user") or m.get("bot_id") or "?", text=_text(m), ts=m.get("ts", "")
+            )
             for m in messages[-limit:]
         ]
 

@@ -375,25 +375,31 @@ async def test_current_time_in_a_zone_and_an_unknown_zone() -> None:
 @dataclass
 class FakeThread:
     messages: list[ThreadMessage]
-    asked: list[tuple[str, str | None, int]] = field(default_factory=list)
+    asked: list[tuple[str, str | None, int, str | None]] = field(default_factory=list)
 
     async def __call__(
-        self, channel_id: str, thread_ts: str | None, *, limit: int
+        self, channel_id: str, thread_ts: str | None, *, limit: int, team_id: str | None = None
     ) -> list[ThreadMessage]:
-        self.asked.append((channel_id, thread_ts, limit))
+        self.asked.append((channel_id, thread_ts, limit, team_id))
         return self.messages[-limit:]
 
 
 async def test_read_thread_reads_the_runs_thread_compactly() -> None:
     reader = FakeThread(
-        [ThreadMessage("ann", "Is the build green?"), ThreadMessage("bob", " Yes\n")]
+        [
+            ThreadMessage("ann", "Is the build green?", ts="171.0"),
+            ThreadMessage("bob", " Yes\n", ts="172.0"),
+            ThreadMessage("UBOT", "_thinking…_", ts="173.0"),  # this run's own reply
+        ]
     )
-    deps = ToolDeps(thread_reader=reader, channel_id="C1", thread_ts="171.0")
+    deps = ToolDeps(
+        thread_reader=reader, team_id="T1", channel_id="C1", thread_ts="171.0", message_ts="173.0"
+    )
     _, _, result = await stream_run(
         tool_agent(Script([call("read_thread"), ["ok"]]), ["read_thread"]), deps=deps
     )
     assert returns(result)[0].content == "ann: Is the build green?\nbob: Yes"
-    assert reader.asked == [("C1", "171.0", 50)]
+    assert reader.asked == [("C1", "171.0", 50, "T1")], "within the workspace's budget"
 
 
 async def test_read_thread_keeps_the_newest_messages_within_its_cap() -> None:
