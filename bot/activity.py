@@ -22,6 +22,9 @@ from pydantic_ai.messages import (
 )
 from yarl import URL
 
+from bot.models import ToolState, ToolTask
+from bot.text import cap, preview
+
 
 @dataclass
 class ToolCallRecord:
@@ -34,13 +37,26 @@ class ToolCallRecord:
     """None while the call runs."""
     error: str | None = None
 
+    @property
+    def label(self) -> str:
+        return " ".join(part for part in (self.name, self.args_summary) if part)
+
     def line(self, now: float) -> str:
-        label = " ".join(part for part in (self.name, self.args_summary) if part)
         if self.ok is None:
-            return f"🔧 {label} … running ({now - self.started:.0f} s)"
+            return f"🔧 {self.label} … running ({now - self.started:.0f} s)"
         if self.ok:
-            return f"🔧 {label} · done in {self.duration_s or 0:.1f} s"
-        return f"⚠️ {label} · {self.error}"
+            return f"🔧 {self.label} · {self._done()}"
+        return f"⚠️ {self.label} · {self.error}"
+
+    def task(self) -> ToolTask:
+        if self.ok is None:
+            return ToolTask(self.call_id, self.label, ToolState.RUNNING)
+        if self.ok:
+            return ToolTask(self.call_id, self.label, ToolState.DONE, self._done())
+        return ToolTask(self.call_id, self.label, ToolState.FAILED, self.error or "failed")
+
+    def _done(self) -> str:
+        return f"done in {self.duration_s or 0:.1f} s"
 
 
 class ToolActivity:
@@ -75,7 +91,7 @@ class ToolActivity:
             record.ok = result.outcome == "success"
             if not record.ok:
                 verb = "retried" if result.outcome == "retried" else "failed"
-                record.error = f"{verb}: {_cap(_one_line(str(result.content)), 160)}"
+                record.error = f"{verb}: {preview(str(result.content), 160)}"
             return True
         return False
 
@@ -89,6 +105,9 @@ class ToolActivity:
         shown = [record.line(now) for record in self.records[-last:]]
         hidden = len(self.records) - len(shown)
         return ([f"… {hidden} earlier tool calls"] if hidden else []) + shown
+
+    def tasks(self) -> tuple[ToolTask, ...]:
+        return tuple(record.task() for record in self.records)
 
     @property
     def total_s(self) -> float:
@@ -114,10 +133,10 @@ def summarize_args(call: ToolCallPart) -> str:
     url = args.get("url")
     if isinstance(url, str):
         try:
-            return URL(url).host or _cap(url, 40)
+            return URL(url).host or cap(url, 40)
         except ValueError:
-            return _cap(url, 40)
-    return _cap(_one_line(", ".join(str(v) for v in args.values())), 40)
+            return cap(url, 40)
+    return preview(", ".join(str(v) for v in args.values()), 40)
 
 
 def text_delta(event: object, so_far: str) -> str:
@@ -129,11 +148,3 @@ def text_delta(event: object, so_far: str) -> str:
         gap = "" if not so_far or so_far.endswith("\n\n") else "\n" * (1 + (so_far[-1] != "\n"))
         return gap + event.part.content
     return ""
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _cap(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         default=frozenset(), alias="AGENTBOT_ALLOWED_CHANNELS"
     )
     stream_mode: Literal["edit", "native"] = Field(default="edit", alias="AGENTBOT_STREAM_MODE")
+    # How native streaming shows tool calls: a task card each, between the text ("timeline",
+    # Slack's default), or one plan block of all of them ("plan").
+    task_display: Literal["timeline", "plan"] = Field(
+        default="timeline", alias="AGENTBOT_TASK_DISPLAY"
+    )
     compare_models: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), alias="AGENTBOT_COMPARE_MODELS"
     )

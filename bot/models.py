@@ -105,6 +105,24 @@ RECORD_FIELDS: tuple[str, ...] = tuple(
 )
 
 
+class ToolState(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ToolTask:
+    """One tool call as a sink shows it: a Slack task card in native streaming."""
+
+    id: str
+    title: str
+    """The tool and a few words of its arguments: "fetch_url example.com"."""
+    state: ToolState
+    note: str = ""
+    """How it ended: "done in 0.4 s", "failed: …"; empty while it runs."""
+
+
 @dataclass(frozen=True)
 class Progress:
     """How a streaming run is doing, for live footers."""
@@ -113,6 +131,8 @@ class Progress:
     elapsed_s: float
     tools: tuple[str, ...] = ()
     """Status lines of the run's tool calls, latest last."""
+    tasks: tuple[ToolTask, ...] = ()
+    """The run's tool calls so far, in the order they started."""
 
     @property
     def tokens_per_s(self) -> float:

@@ -314,6 +314,7 @@ class Runner:
                             output_tokens=estimate_tokens(run.output),
                             elapsed_s=loop.time() - started,
                             tools=tuple(activity.lines()),
+                            tasks=activity.tasks(),
                         )
                         sink.progress(run.output, progress)
                         checkpoints.maybe(run)

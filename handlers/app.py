@@ -42,12 +42,19 @@ class BotDeps:
         return user_id in self.settings.admins
 
     def reply_sink(
-        self, pacer: WorkspacePacer, *, channel: str, thread_ts: str, heading: str, notify: Notify
+        self,
+        pacer: WorkspacePacer,
+        *,
+        channel: str,
+        thread_ts: str,
+        notify: Notify,
+        heading: str | None = None,
     ) -> Sink:
         """The sink of one answer in a thread, in the configured stream mode."""
         return sinks.reply_sink(
             pacer,
             mode=self.settings.stream_mode,
+            task_display=self.settings.task_display,
             channel=channel,
             thread_ts=thread_ts,
             notify=notify,

@@ -149,7 +149,11 @@ async def _converse(
         deps.background.spawn(notify(problem), name=f"refusal-{run.id}")
         return
     history = _history(earlier)
-    sink = SlackEditSink(pacer, channel=channel, notify=notify, thread_ts=thread_ts)
+    # Native streaming replies in a thread; a DM's top-level answer is an edited message.
+    if thread_ts is not None:
+        sink = deps.reply_sink(pacer, channel=channel, thread_ts=thread_ts, notify=notify)
+    else:
+        sink = SlackEditSink(pacer, channel=channel, notify=notify)
     deps.background.spawn(
         deps.runner.run(built.agent, run, sink=sink, policy=policy_for(built), history=history),
         name=f"run-{run.id}",

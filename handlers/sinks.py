@@ -145,14 +145,21 @@ def reply_sink(
     thread_ts: str,
     notify: Notify,
     heading: str | None = None,
+    task_display: str = "timeline",
 ) -> Sink:
     """The sink of one answer in a thread: Slack's native streaming (`mode` "native") or an
-    edited reply ("edit"). In native mode `heading` is the bold first line of the reply."""
+    edited reply ("edit"). In native mode `heading` is the bold first line of the reply and
+    tool calls are task cards shown as `task_display` says ("timeline" or "plan")."""
     if mode == "native":
         from handlers.stream_sink import SlackStreamSink  # it imports this module
 
         return SlackStreamSink(
-            pacer, channel=channel, thread_ts=thread_ts, notify=notify, heading=heading
+            pacer,
+            channel=channel,
+            thread_ts=thread_ts,
+            notify=notify,
+            heading=heading,
+            task_display=task_display,
         )
     if mode == "edit":
         return SlackEditSink(

@@ -2,9 +2,12 @@
 
 `chat.startStream` opens the reply, `chat.appendStream` adds only the text not yet sent (at
 most once per interval, within the workspace's Tier 4 budget) and `chat.stopStream` adds the
-rest with the footer. Slack ends a stream about 5 minutes after it starts
-(`message_not_in_streaming_state`); the sink then edits the same message with `chat.update`
-through the pacer, as `SlackEditSink` does, and does so on its own shortly before that age.
+rest with the footer. Tool calls ride on the same calls as `task_update` chunks, each placed
+after the text written before it, so they cost no call of their own.
+
+Slack ends a stream about 5 minutes after it starts (`message_not_in_streaming_state`); the
+sink then edits the same message with `chat.update` through the pacer, as `SlackEditSink`
+does, and does so on its own shortly before that age.
 
 Slack's documented limits (chat.startStream / appendStream / stopStream reference): each
 call's `markdown_text` is at most 12,000 characters; `stopStream` takes up to 50 `blocks`,
@@ -17,12 +20,15 @@ split by `render.final_messages` into the message and thread replies, nothing lo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from bot.errors import InputError
-from bot.models import Progress, RunRecord
+from bot.models import Progress, RunRecord, ToolState, ToolTask
+from bot.text import cap
 from handlers import render
 from handlers.pacer import MAX_TRANSIENT_FAILURES, LiveMessage, SlackCallFailed, WorkspacePacer
 from handlers.sinks import NOT_IN_CHANNEL, Notify, post_first_message, show_final
@@ -33,6 +39,15 @@ START, APPEND, STOP = "chat.startStream", "chat.appendStream", "chat.stopStream"
 STREAM_TEXT_LIMIT = 12_000
 """The most `markdown_text` one chat.*Stream call carries: Slack allows 12,000 characters;
 pieces are measured in UTF-8 bytes, never fewer than characters."""
+
+TASK_TEXT_LIMIT = 256
+"""The most characters of a task card's `title`, `details` or `output`."""
+TASK_STATUS = {
+    ToolState.RUNNING: "in_progress",
+    ToolState.DONE: "complete",
+    ToolState.FAILED: "error",
+}
+UNFINISHED = "not finished: the run ended first"
 
 RATELIMITED = "ratelimited"
 CHANNEL_ERRORS = ("not_in_channel", "channel_not_found")
@@ -60,11 +75,13 @@ class SlackStreamSink:
         thread_ts: str,
         notify: Notify,
         heading: str | None = None,
+        task_display: str = "timeline",
         interval: float | None = None,
         max_stream_age: float | None = None,
     ) -> None:
         """`heading` becomes a bold first line of the streamed reply (and the first line of
-        an edited one); `interval` and `max_stream_age` default to the pacer's config."""
+        an edited one); `task_display` is Slack's `task_display_mode` for tool calls;
+        `interval` and `max_stream_age` default to the pacer's config."""
         if not thread_ts:
             raise ValueError("native streaming needs a thread to reply in (thread_ts)")
         self._pacer = pacer
@@ -72,6 +89,7 @@ class SlackStreamSink:
         self._thread_ts = thread_ts
         self._notify = notify
         self._heading = heading
+        self._task_display = task_display
         self._interval = pacer.config.interval if interval is None else interval
         self._max_age = pacer.config.stream_max_age if max_stream_age is None else max_stream_age
         self._clock = pacer.clock
@@ -81,6 +99,8 @@ class SlackStreamSink:
         self._text = ""  # the answer so far, as the runner gave it
         self._progress: Progress | None = None
         self._sent = 0  # characters of the answer already in the stream
+        self._tasks: dict[str, ToolTask] = {}  # the latest state of each tool call seen
+        self._unsent_tasks: list[tuple[int, ToolTask]] = []  # (place in the text, state)
         self._calls = 0
         self._live: LiveMessage | None = None
         self._started_at = 0.0
@@ -112,6 +132,7 @@ class SlackStreamSink:
                 recipient_user_id=run.user_id,
                 recipient_team_id=run.team_id,
                 markdown_text=f"**{self._heading}**\n\n" if self._heading else None,
+                task_display_mode=self._task_display,
             )
         except SlackCallFailed as exc:
             if exc.error in CHANNEL_ERRORS:
@@ -133,8 +154,10 @@ class SlackStreamSink:
     def progress(self, text: str, progress: Progress) -> None:
         self._text = text
         self._progress = progress
+        for task in progress.tasks:
+            self._note_task(task)
         if self._mode is _Mode.STREAMING:
-            if len(text) > self._sent:
+            if len(text) > self._sent or self._unsent_tasks:
                 self._wake.set()
         elif self._mode is _Mode.EDITING:
             self._show_live()
@@ -166,14 +189,12 @@ class SlackStreamSink:
                 if self._age() >= self._max_age:
                     await self._fall_back(stop_stream=True)  # before Slack ends it mid-append
                     return
-                piece = _first_piece(self._text[self._sent :])
-                if not piece:
+                batch = self._next_batch()
+                if batch.empty:
                     self._wake.clear()
                     continue
                 try:
-                    await self._send(
-                        APPEND, channel=self._channel, ts=self._ts, markdown_text=piece
-                    )
+                    await self._send(APPEND, channel=self._channel, ts=self._ts, **batch.args)
                 except SlackCallFailed as exc:
                     if exc.error == RATELIMITED:
                         continue  # paused; then all the pending text goes in one append
@@ -185,9 +206,9 @@ class SlackStreamSink:
                     await self._fall_back(stop_stream=False)
                     return
                 self._failures = 0
-                self._sent += len(piece)
+                self._sent_batch(batch)
                 self._last_append = self._clock()
-                if self._sent >= len(self._text):
+                if self._sent >= len(self._text) and not self._unsent_tasks:
                     self._wake.clear()
         except Exception:
             log.exception("stream %s: the sender failed; editing instead", self._ts)
@@ -208,23 +229,54 @@ class SlackStreamSink:
     async def _end_stream(self, run: RunRecord) -> bool:
         """Send what the stream lacks and stop it with the footer; False when Slack refused
         (the end is then shown by editing, which replaces the message whole)."""
-        *middle, last = render.split_text(run.output[self._sent :], STREAM_TEXT_LIMIT)
+        self._text = run.output
+        for task in list(self._tasks.values()):
+            if task.state is ToolState.RUNNING:  # the run ended during the call
+                self._note_task(dataclasses.replace(task, state=ToolState.FAILED, note=UNFINISHED))
         try:
-            for piece in middle:
-                await self._call(APPEND, channel=self._channel, ts=self._ts, markdown_text=piece)
-                self._sent += len(piece)
+            while not (batch := self._next_batch()).last:
+                await self._call(APPEND, channel=self._channel, ts=self._ts, **batch.args)
+                self._sent_batch(batch)
             await self._call(
-                STOP,
-                channel=self._channel,
-                ts=self._ts,
-                markdown_text=last or None,
-                blocks=end_blocks(run),
+                STOP, channel=self._channel, ts=self._ts, blocks=end_blocks(run), **batch.args
             )
         except SlackCallFailed as exc:
             log.warning("run %s: ending the stream failed (%s); editing", run.id, exc.error)
             return False
-        self._sent += len(last)
+        self._sent_batch(batch)
         return True
+
+    # -- what one call carries ---------------------------------------------------------------
+
+    def _note_task(self, task: ToolTask) -> None:
+        """Queue a tool call's new state, to follow the text written so far."""
+        if self._tasks.get(task.id) != task:
+            self._tasks[task.id] = task
+            self._unsent_tasks.append((len(self._text), task))
+
+    def _next_batch(self) -> _Batch:
+        """The next call's content: the unsent text, up to Slack's limit, with each unsent
+        tool state placed after the text that came before it."""
+        start = self._sent
+        end = start + len(_first_piece(self._text[start:]))
+        tasks = [(at, task) for at, task in self._unsent_tasks if at <= end]
+        last = end == len(self._text) and len(tasks) == len(self._unsent_tasks)
+        if not tasks:
+            return _Batch({"markdown_text": self._text[start:end] or None}, end, 0, last)
+        chunks: list[dict[str, Any]] = []
+        at = start
+        for place, task in tasks:
+            if place > at:
+                chunks.append({"type": "markdown_text", "text": self._text[at:place]})
+                at = place
+            chunks.append(task_chunk(task))
+        if end > at:
+            chunks.append({"type": "markdown_text", "text": self._text[at:end]})
+        return _Batch({"chunks": chunks}, end, len(tasks), last)
+
+    def _sent_batch(self, batch: _Batch) -> None:
+        self._sent = batch.end
+        del self._unsent_tasks[: batch.tasks]
 
     # -- editing (the fallback) ------------------------------------------------------------
 
@@ -294,6 +346,33 @@ class SlackStreamSink:
 
     def _age(self) -> float:
         return self._clock() - self._started_at
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """The content of one chat.appendStream or chat.stopStream call."""
+
+    args: dict[str, Any]  # `markdown_text` (None when there is none) or `chunks`
+    end: int  # the answer is in the stream up to here once the call succeeds
+    tasks: int  # how many of the unsent tool states it carries (the first ones)
+    last: bool  # nothing remains after it
+
+    @property
+    def empty(self) -> bool:
+        return not self.tasks and not self.args.get("markdown_text")
+
+
+def task_chunk(task: ToolTask) -> dict[str, Any]:
+    """A `task_update` chunk: the card of one tool call, kept within Slack's limits."""
+    chunk: dict[str, Any] = {
+        "type": "task_update",
+        "id": task.id,
+        "title": cap(task.title, TASK_TEXT_LIMIT),
+        "status": TASK_STATUS[task.state],
+    }
+    if task.note:
+        chunk["output"] = cap(task.note, TASK_TEXT_LIMIT)
+    return chunk
 
 
 def end_blocks(run: RunRecord) -> render.Blocks:

@@ -14,12 +14,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import InputError
 from bot.memory_store import MemoryRunStore
 from bot.metrics import Metrics
-from bot.models import Progress, RunKind, RunRecord, RunStatus
+from bot.models import Progress, RunKind, RunRecord, RunStatus, ToolState, ToolTask
 from bot.playground.emulator import SlackEmulator
 from bot.runner import LiveRuns, Runner, RunPolicy
 from handlers.pacer import Budget, PacerConfig, WorkspacePacer
 from handlers.sinks import NOT_IN_CHANNEL, SlackEditSink, reply_sink
-from handlers.stream_sink import STREAM_TEXT_LIMIT, SlackStreamSink
+from handlers.stream_sink import STREAM_TEXT_LIMIT, UNFINISHED, SlackStreamSink
 from tests.conftest import BOT_TOKEN
 from tests.scripted import ScriptedModel
 
@@ -99,7 +99,14 @@ def streamed(emulator: SlackEmulator) -> str:
         for c in emulator.calls
         if c.method in ("chat.startStream", "chat.appendStream", "chat.stopStream") and c.ok
     ]
-    return "".join(c.args.get("markdown_text", "") for c in calls)
+    return "".join(carried_text(c.args) for c in calls)
+
+
+def carried_text(args) -> str:
+    """The answer text one chat.*Stream call carried: `markdown_text` or text chunks."""
+    chunks = args.get("chunks") or []
+    pieces = [c["text"] for c in chunks if c["type"] == "markdown_text"]
+    return args.get("markdown_text", "") + "".join(pieces)
 
 
 async def feed_until(
@@ -179,6 +186,74 @@ async def test_appends_are_paced_and_carry_only_new_text(emulator):
     await sink.finish(ended(run, text))
     assert emulator.message(CHANNEL, run.message_ts).text == text
     assert len(emulator.calls_to("chat.appendStream")) == 3, "nothing left for a 4th append"
+    await pacer.close()
+
+
+def fetching(state: ToolState, note: str = "") -> ToolTask:
+    return ToolTask("call1", "fetch_url example.com", state, note)
+
+
+def with_tasks(n: int, *tasks: ToolTask) -> Progress:
+    return Progress(output_tokens=n, elapsed_s=0.1 * n, tasks=tasks)
+
+
+async def test_tool_calls_ride_on_the_stream_as_task_cards_after_their_text(emulator):
+    pacer = make_pacer(emulator, interval=0.05)
+    sink = make_sink(emulator, pacer, task_display="plan")
+    run = make_run()
+    await sink.start(run)
+    assert emulator.calls_to("chat.startStream")[0].args["task_display_mode"] == "plan"
+    message = emulator.message(CHANNEL, run.message_ts)
+
+    before = "Let me look at the page. "
+    sink.progress(before, with_tasks(5, fetching(ToolState.RUNNING)))
+    await emulator.wait_for(lambda: message.tasks.get("call1", {}).get("status") == "in_progress")
+    [append] = emulator.calls_to("chat.appendStream")
+    assert append.args["chunks"] == [
+        {"type": "markdown_text", "text": before},
+        {"type": "task_update", "id": "call1", "title": "fetch_url example.com",
+         "status": "in_progress"},
+    ]  # fmt: skip
+    assert message.text == before
+
+    # The call ends and the answer goes on before the next append: one call carries both,
+    # the card first, as it happened.
+    done = fetching(ToolState.DONE, "done in 0.4 s")
+    sink.progress(before, with_tasks(5, done))
+    text = before + "It says: ship on Tuesday."
+    sink.progress(text, with_tasks(9, done))
+    await emulator.wait_for(lambda: message.text == text)
+    second = emulator.calls_to("chat.appendStream")[1]
+    assert [c["type"] for c in second.args["chunks"]] == ["task_update", "markdown_text"]
+    assert message.tasks["call1"] == {
+        "id": "call1", "title": "fetch_url example.com", "status": "complete",
+        "output": "done in 0.4 s",
+    }  # fmt: skip
+
+    sink.progress(text, with_tasks(9, done))  # nothing new: no call
+    await sink.finish(ended(run, text))
+    assert streamed(emulator) == text and message.text == text, "the text once, in order"
+    assert [t["status"] for t in message.task_history] == ["in_progress", "complete"]
+    assert len(emulator.calls_to("chat.appendStream")) == 2
+    assert sink.writes == len(emulator.calls) == 4  # start, two appends, stop
+    await pacer.close()
+
+
+async def test_a_tool_call_cut_short_by_the_end_of_the_run_is_shown_unfinished(emulator):
+    pacer = make_pacer(emulator, interval=0.05)
+    sink = make_sink(emulator, pacer)
+    run = make_run()
+    await sink.start(run)
+    assert emulator.calls_to("chat.startStream")[0].args["task_display_mode"] == "timeline"
+    message = emulator.message(CHANNEL, run.message_ts)
+    sink.progress("Fetching. ", with_tasks(2, fetching(ToolState.RUNNING)))
+    await emulator.wait_for(lambda: "call1" in message.tasks)
+    await sink.finish(ended(run, "Fetching. ", RunStatus.CANCELLED, "Stopped by <@U123>"))
+    [stop] = emulator.calls_to("chat.stopStream")
+    [card] = stop.args["chunks"]
+    assert (card["status"], card["output"]) == ("error", UNFINISHED)
+    assert message.tasks["call1"]["status"] == "error" and message.text == "Fetching. "
+    assert "Stopped by" in block_texts(message)
     await pacer.close()
 
 
