@@ -19,6 +19,12 @@ def add(a: int, b: int) -> int:
 
 
 @server.tool()
+def decisions(topic: str) -> str:
+    """What the team's decision log holds on `topic` (a stand-in for a team's own system)."""
+    return f"Decision log, {topic}: launch moved to Wednesday on 2026-11-30."
+
+
+@server.tool()
 def pid() -> int:
     """The server's process id (lets a test stop it)."""
     return os.getpid()

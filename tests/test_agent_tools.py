@@ -188,3 +188,119 @@ async def test_an_mcp_server_that_cannot_start_is_one_clear_config_error(emulato
     config = AppConfig(mcp_servers={"gone": McpServerSpec(command="/no/such/server")})
     with pytest.raises(ConfigError, match="gone"):
         await build_parts(make_settings(emulator, tmp_path / "x.db"), config)
+
+
+# -- done when: one agent with every kind of tool, in Slack ----------------------------------
+
+
+@dataclass
+class Researcher:
+    """Reads the page, then the thread, then the decision log (MCP), then answers from all
+    three. Before each call after the first it waits for the test to let it go on, so the
+    test sees the tool lines in Slack in the order a user would."""
+
+    url: str
+    go_on: list[asyncio.Event] = field(default_factory=lambda: [asyncio.Event() for _ in range(3)])
+
+    def factory(self, agent: str, model_string: str) -> Model:
+        steps = [
+            ("fetch_url", {"url": self.url}),
+            ("read_thread", {}),
+            ("decisions", {"topic": "launch"}),
+        ]
+
+        async def stream(
+            messages: list[ModelMessage], info: AgentInfo
+        ) -> AsyncIterator[str | DeltaToolCalls]:
+            results = [
+                str(part.content)
+                for m in messages
+                if isinstance(m, ModelRequest)
+                for part in m.parts
+                if isinstance(part, ToolReturnPart)
+            ]
+            done = len(results)
+            if done:
+                await self.go_on[done - 1].wait()
+            if done < len(steps):
+                name, args = steps[done]
+                yield {0: DeltaToolCall(name=name, json_args=json.dumps(args), tool_call_id=name)}
+                return
+            page, thread, log = results
+            yield "The page: " + " ".join(page.split())[:80] + "\n"
+            yield "This thread: " + " ".join(thread.split()) + "\n"
+            yield log
+
+        return FunctionModel(stream_function=stream, model_name="researcher")
+
+
+def tool_shown(message, title: str, state: str) -> bool:
+    """Whether the reply shows tool call `title` as `state` ("running", "done"): a status
+    line of an edited message, or a task card of a native stream."""
+    if message.tasks:
+        status = {"running": "in_progress", "done": "complete"}[state]
+        return any(t["title"] == title and t["status"] == status for t in message.tasks.values())
+    line = {"running": f"{title} … running", "done": f"{title} · done"}[state]
+    return line in all_text(message)
+
+
+@pytest.mark.parametrize("mode", ["edit", "native"])
+async def test_an_agent_compares_a_page_with_the_thread_using_every_kind_of_tool(
+    start_bot, emulator, page, mode
+):
+    import sys
+    from pathlib import Path
+
+    from bot.mcp import McpServerSpec
+
+    url, release_page = page
+    spec = AgentSpec(tools=["fetch_url", "read_thread"], mcp_servers=["decisions"])
+    config = AppConfig(
+        agents={**AppConfig().agents, "assistant": spec},
+        fetch=FetchPolicy(allow_networks=["127.0.0.0/8"]),
+        mcp_servers={
+            "decisions": McpServerSpec(
+                command=sys.executable, args=[str(Path(__file__).parent / "mcp_server.py")]
+            )
+        },
+    )
+    model = Researcher(url)
+    bot = await start_bot(model.factory, config=config, AGENTBOT_STREAM_MODE=mode)
+    root = emulator.post_user_message("C123", "U555", "Launch plan: where do we stand?")
+    emulator.post_user_message("C123", "U777", "We said we ship on Friday.", thread_ts=root.ts)
+    ask = "<@UBOT> summarise this page and compare it with what we said in this thread: " + url
+    mention = emulator.post_user_message("C123", "U123", ask, thread_ts=root.ts)
+    await emulator.send_event(bot.url, emulator.message_event(mention, mention=True))
+
+    def reply():
+        return next((m for m in emulator.thread("C123", root.ts) if m.bot_id), None)
+
+    def shows(title: str, state: str) -> bool:
+        return (message := reply()) is not None and tool_shown(message, title, state)
+
+    # Each tool shows in the reply while the run goes on, before the answer does.
+    await emulator.wait_for(lambda: shows("fetch_url 127.0.0.1", "running"), timeout=20)
+    release_page.set()
+    for title, go_on in zip(
+        ("fetch_url 127.0.0.1", "read_thread", "decisions launch"), model.go_on, strict=True
+    ):
+        await emulator.wait_for(lambda title=title: shows(title, "done"))
+        assert "The page:" not in reply().text
+        go_on.set()
+
+    [run] = await bot.wait_for_run(kind=RunKind.MENTION, timeout=30)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    answer = reply().text if mode == "native" else answer_text(reply())
+    assert "Launch plan Ship on Tuesday." in answer, "the page, as text"
+    assert "We said we ship on Friday." in answer, "the thread"
+    assert "thinking" not in answer, "not the reply being written"
+    assert "launch moved to Wednesday" in answer, "the MCP server's tool"
+    assert "🔧 fetch_url, read_thread, decisions" in all_text(reply()), "the tools used"
+    if mode == "native":
+        assert emulator.calls_to("chat.startStream") and not emulator.calls_to("chat.update")
+    stored = await bot.store.get(run.id)
+    assert [(c["name"], c["ok"]) for c in stored.tool_calls] == [
+        ("fetch_url", True),
+        ("read_thread", True),
+        ("decisions", True),
+    ]
