@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -66,6 +67,7 @@ def create_engine(url: str, *, connect_args: Mapping[str, Any] | None = None) ->
         raise ConfigError(f"{SETTING}: unusable driver ({first_line(exc)})") from None
     if backend == "sqlite":
         _make_parent_dir(parsed)
+        event.listen(engine.sync_engine, "do_connect", _connect_sqlite)
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
     return engine
 
@@ -78,6 +80,33 @@ def _make_parent_dir(url: URL) -> None:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{SETTING}: cannot open {database} ({exc.strerror})") from None
+
+
+def _connect_sqlite(dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    """Open an aiosqlite connection as SQLAlchemy would, through `_open_aiosqlite`."""
+    return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=_open_aiosqlite, **cparams)
+
+
+async def _open_aiosqlite(*args: Any, **kwargs: Any) -> Any:
+    """`aiosqlite.connect`, but a failed open returns only once aiosqlite's worker is done.
+
+    When the open fails (or is cancelled), aiosqlite (0.22) stops its worker thread with a
+    future it never awaits; the worker then hands that future's result to the event loop with
+    `call_soon_threadsafe`. If the loop closes first (the error ends an `asyncio.run`, or a
+    test), the worker dies with "RuntimeError: Event loop is closed". Waiting for the
+    thread here makes that hand-over happen while the loop still runs.
+    """
+    import aiosqlite
+
+    connection = aiosqlite.connect(*args, **kwargs)
+    worker = connection._thread
+    worker.daemon = True  # as SQLAlchemy does: an open connection never blocks exit
+    try:
+        return await connection
+    except BaseException:
+        if worker.is_alive():
+            await asyncio.to_thread(worker.join, 10)
+        raise
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

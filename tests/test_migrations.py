@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ INDEXES = {
 }  # fmt: skip
 AUDIT_INDEXES = {"ix_audit_at": ["at"], "ix_audit_team_id_at": ["team_id", "at"]}
 HEAD = "0004"
+
+# An aiosqlite worker thread that outlives its event loop fails here, not as a warning.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -190,10 +194,15 @@ def test_sqlite_path_under_a_file_is_a_config_error(tmp_path: Path) -> None:
 async def test_unreachable_database_is_a_config_error_on_upgrade(tmp_path: Path) -> None:
     # A directory where the database file should be: SQLite cannot open it.
     (tmp_path / "agentbot.db").mkdir()
+    before = set(threading.enumerate())
     async with sqlite_engine(tmp_path / "agentbot.db") as engine:
         with pytest.raises(ConfigError, match=r"^AGENTBOT_DATABASE_URL: cannot open") as caught:
             await upgrade(engine)
     assert "\n" not in str(caught.value)
+    # The failed open's aiosqlite worker has finished: it cannot call back into this test's
+    # event loop once that is closed ("RuntimeError: Event loop is closed" in its thread).
+    workers = [t for t in set(threading.enumerate()) - before if "_connection_worker" in t.name]
+    assert [t for t in workers if t.is_alive()] == []
 
 
 async def test_postgres_refusing_connections_is_a_config_error_on_upgrade() -> None:
