@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from bot.models import (
@@ -23,6 +24,7 @@ from bot.models import (
     nearest_rank,
     utcnow,
 )
+from bot.ports import EVENT_TTL
 
 MAX_LIMIT = 1000
 UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -35,6 +37,8 @@ class MemoryRunStore:
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}
         self._audit: list[AuditEntry] = []
+        self._events: dict[str, datetime] = {}  # event id → first delivery, oldest first
+        self._stop_requests: dict[str, str] = {}  # run id → who asked
 
     async def create(self, run: RunRecord) -> None:
         """Insert a new run; `ValueError` if its id exists or its parent does not."""
@@ -157,6 +161,35 @@ class MemoryRunStore:
         found.sort(key=lambda entry: (entry.at, entry.id), reverse=True)
         limit = max(1, min(query.limit, MAX_LIMIT))
         return [dataclasses.replace(entry) for entry in found[:limit]]
+
+    async def first_delivery(self, event_id: str, *, now: datetime | None = None) -> bool:
+        """Record that Slack delivered `event_id`; True only for its first delivery within
+        `EVENT_TTL`. Entries older than that are pruned."""
+        now = utcnow() if now is None else _utc(now)
+        cutoff = now - EVENT_TTL
+        seen = self._events.get(event_id)
+        if seen is not None and seen >= cutoff:
+            return False
+        self._events.pop(event_id, None)  # re-inserted last, to keep the oldest first
+        self._events[event_id] = now
+        while True:  # ends at the latest on the entry just made
+            old_id, at = next(iter(self._events.items()))
+            if at >= cutoff:
+                return True
+            del self._events[old_id]
+
+    async def request_stop(self, run_id: str, *, by: str) -> bool:
+        """Record a stop request for `run_id` by user `by`, if the run is still queued or
+        running and none was recorded before; True when recorded now."""
+        run = self._runs.get(run_id)
+        if run is None or run.status not in UNFINISHED or run_id in self._stop_requests:
+            return False
+        self._stop_requests[run_id] = by
+        return True
+
+    async def stop_requests(self, run_ids: Collection[str]) -> dict[str, str]:
+        """The stop requests among `run_ids`: run id → the user who asked."""
+        return {i: self._stop_requests[i] for i in run_ids if i in self._stop_requests}
 
     def _check_parent(self, run: RunRecord) -> None:
         if run.parent_id is not None and run.parent_id not in self._runs:

@@ -6,6 +6,8 @@ A `Sink` receives the progress of one run (Slack messages, the playground, tests
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from bot.board import BoardView
@@ -18,6 +20,9 @@ from bot.models import (
     RunStats,
     StatsQuery,
 )
+
+# How long a Slack `event_id` is remembered: Slack retries within minutes.
+EVENT_TTL = timedelta(hours=1)
 
 
 class Sink(Protocol):
@@ -77,7 +82,11 @@ class Board(Protocol):
 
 
 class RunStore(Protocol):
-    """Records runs. `create` is called before the first write to Slack, `save` after."""
+    """Records runs. `create` is called before the first write to Slack, `save` after.
+
+    It also holds what processes sharing one store coordinate through: the Slack events
+    already taken on, and Stop requests for runs live in another process.
+    """
 
     async def create(self, run: RunRecord) -> None: ...
 
@@ -121,4 +130,24 @@ class RunStore(Protocol):
 
     async def audit_log(self, query: AuditQuery) -> list[AuditEntry]:
         """Audit entries matching the query, newest first, at most `query.limit`."""
+        ...
+
+    async def first_delivery(self, event_id: str, *, now: datetime | None = None) -> bool:
+        """Record that Slack delivered `event_id`; True only for its first delivery within
+        `EVENT_TTL` (of all processes sharing the store: atomic, never read-then-write).
+
+        Entries older than `EVENT_TTL` are pruned now and then.
+        """
+        ...
+
+    async def request_stop(self, run_id: str, *, by: str) -> bool:
+        """Ask whichever process runs `run_id` to stop it, on behalf of user `by`.
+
+        True when the request is recorded now; False when the run is missing or already
+        finished, or a stop was requested before (the first request stands).
+        """
+        ...
+
+    async def stop_requests(self, run_ids: Collection[str]) -> dict[str, str]:
+        """The stop requests among `run_ids`: run id → the user who asked."""
         ...

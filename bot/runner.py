@@ -84,6 +84,7 @@ class LiveRuns:
     """The runs in progress, so that Stop and shutdown can reach them."""
 
     _runs: dict[str, LiveRun] = field(default_factory=dict)
+    _busy: asyncio.Event = field(default_factory=asyncio.Event)  # set while a run is live
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -92,6 +93,14 @@ class LiveRuns:
         live = self._runs.get(run_id)
         return live.run if live else None
 
+    def stoppable(self) -> list[str]:
+        """The ids of the live runs that no stop has reached yet."""
+        return [run_id for run_id, live in self._runs.items() if live.stop_reason is None]
+
+    async def wait_busy(self) -> None:
+        """Return once at least one run is live (at once if one is)."""
+        await self._busy.wait()
+
     @contextmanager
     def track(self, run: RunRecord) -> Iterator[LiveRun]:
         """Make `run`, carried out by the current task, reachable by `stop` while inside."""
@@ -99,10 +108,13 @@ class LiveRuns:
         assert task is not None, "runs are carried out inside tasks"
         live = LiveRun(run=run, task=task)
         self._runs[run.id] = live
+        self._busy.set()
         try:
             yield live
         finally:
             del self._runs[run.id]
+            if not self._runs:
+                self._busy.clear()
 
     def stop(self, run_id: str, *, status: RunStatus, reason: str) -> bool:
         """Cancel a live run; it ends with `status` (cancelled or interrupted) and `reason`.

@@ -29,6 +29,7 @@ from bot.runner import LiveRuns, Runner
 from bot.tasks import BackgroundTasks
 from bot.team import Orchestrator
 from handlers import render
+from handlers.actions import StopRequestPoller
 from handlers.app import BotDeps, build_app
 from handlers.pacer import Budget, Pacer, PacerConfig, SlackCallFailed
 from handlers.thread_reader import SlackThreadReader
@@ -126,13 +127,16 @@ async def build_parts(
 
 
 class Service:
-    """The running bot: HTTP endpoints, optional Socket Mode, recovery and graceful shutdown."""
+    """The running bot: HTTP endpoints, optional Socket Mode, recovery, the poller for Stop
+    requests made on other processes, and graceful shutdown."""
 
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
         self._draining = False
         self._web: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
+        self._stop_poller = StopRequestPoller(parts.store, parts.runner.live)
+        self._polling: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     def web_app(self) -> web.Application:
@@ -164,6 +168,8 @@ class Service:
             token = self.parts.settings.slack_app_token
             self._socket = AsyncSocketModeHandler(self.parts.bolt, token)
             await self._socket.connect_async()
+        # Stop pressed on another process sharing the database reaches our runs through this.
+        self._polling = asyncio.create_task(self._stop_poller.run(), name="stop-requests")
         log.info(
             "agentbot listening on http://%s:%s (%s)",
             host,
@@ -199,6 +205,9 @@ class Service:
             stopped = live.stop_all(status=RunStatus.INTERRUPTED, reason=INTERRUPTED_BY_SHUTDOWN)
             log.info("interrupting %d run(s) still live after %.0f s", stopped, grace)
             await work.wait(FINAL_WRITE_GRACE)
+        if self._polling is not None:
+            self._polling.cancel()
+            await asyncio.wait([self._polling])
         if self._web is not None:
             await self._web.cleanup()
         await self.parts.pacer.close()

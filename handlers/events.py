@@ -2,11 +2,13 @@
 bot answer, which continue that conversation with the same agent and the earlier turns.
 
 The earlier turns come from storage (the pydantic-ai messages of the thread's latest run),
-never from re-reading Slack. Each Slack `event_id` is handled once, even when Slack retries.
+never from re-reading Slack. Each Slack `event_id` is handled once, even when Slack retries
+it to another process sharing the database: the store decides which delivery is the first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -25,6 +27,7 @@ from handlers.commands import check_prompt, record_refusal
 from handlers.sinks import SlackEditSink
 
 if TYPE_CHECKING:
+    from bot.ports import RunStore
     from handlers.app import BotDeps
 
 log = logging.getLogger(__name__)
@@ -35,10 +38,13 @@ IGNORED_SUBTYPES = frozenset(
     {"message_changed", "message_deleted", "bot_message", "channel_join", "channel_leave"}
 )
 _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
+# How long the store may take to say whether an event is new, inside Slack's 3 s for the ack.
+DEDUPE_TIMEOUT = 2.0
 
 
 class SeenEvents:
-    """The event ids handled recently (bounded, with a time to live), to drop Slack's retries."""
+    """The event ids this process handled recently (bounded, with a time to live): drops
+    Slack's retries to this process before asking the store."""
 
     def __init__(self, *, size: int = 10_000, ttl: float = 3600.0) -> None:
         self._seen: OrderedDict[str, float] = OrderedDict()
@@ -66,7 +72,7 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
         req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[None]]
     ) -> BoltResponse:
         event_id = req.body.get("event_id") if isinstance(req.body, dict) else None
-        if event_id and not seen.first_time(event_id):
+        if event_id and not await _first_delivery(deps.store, seen, event_id):
             log.info(
                 "event %s already handled (retry %s)",
                 event_id,
@@ -103,6 +109,26 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
             await _converse(
                 deps, event, body, kind=RunKind.FOLLOWUP, thread_ts=thread_ts, only_our_threads=True
             )
+
+
+async def _first_delivery(store: RunStore, seen: SeenEvents, event_id: str) -> bool:
+    """Whether this is the first delivery of `event_id`. This process's memory answers for
+    its own repeats at no cost; the store, shared with other processes, decides the rest.
+    When the store does not answer, the event is handled: a rare double answer beats a lost
+    one."""
+    if not seen.first_time(event_id):
+        return False
+    try:
+        async with asyncio.timeout(DEDUPE_TIMEOUT):
+            return await store.first_delivery(event_id)
+    except Exception as exc:
+        log.warning(
+            "event %s: handled without checking other processes (%s: %s)",
+            event_id,
+            type(exc).__name__,
+            exc,
+        )
+        return True
 
 
 def _mentions(text: str, bot_user_id: str | None) -> bool:

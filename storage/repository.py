@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Collection
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, delete, func, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -20,12 +23,16 @@ from bot.models import (
     StatsQuery,
     utcnow,
 )
+from bot.ports import EVENT_TTL
 from storage.db import check, first_line
 from storage.history import MAX_LIMIT, run_conditions, run_stats, runs_page
 from storage.search import candidate_ids, sqlite_search_ready
 from storage.tables import (
     AuditRow,
     RunRow,
+    SlackEventRow,
+    StopRequestRow,
+    UTCDateTime,
     audit_entry,
     audit_row,
     record_from_row,
@@ -34,6 +41,7 @@ from storage.tables import (
 )
 
 UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+PRUNE_EVERY = 600.0  # seconds between two prunings of `slack_events` by one store
 
 
 class SqlRunStore:
@@ -47,6 +55,7 @@ class SqlRunStore:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._search_ready: bool | None = None  # SQLite: is the FTS index there and current?
+        self._pruned_at: float | None = None  # when `slack_events` was last pruned (monotonic)
 
     async def create(self, run: RunRecord) -> None:
         """Insert a new run; `ValueError` if its id exists or its parent does not."""
@@ -179,6 +188,57 @@ class SqlRunStore:
         async with self._sessions() as session:
             return [audit_entry(row) for row in (await session.scalars(stmt)).all()]
 
+    async def first_delivery(self, event_id: str, *, now: datetime | None = None) -> bool:
+        """Record that Slack delivered `event_id`; True only for its first delivery within
+        `EVENT_TTL`, whichever process sharing the database asks first.
+
+        One atomic upsert decides (the row count), and prunes old entries every few minutes.
+        """
+        now = utcnow() if now is None else now
+        cutoff = now - EVENT_TTL
+        stmt = _insert(self._engine.dialect.name)(SlackEventRow).values(
+            event_id=event_id, seen_at=now
+        )
+        # An entry past its time to live is not pruned yet: taking it over counts as new.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[SlackEventRow.event_id],
+            set_={"seen_at": stmt.excluded.seen_at},
+            where=SlackEventRow.seen_at < cutoff,
+        )
+        async with self._sessions.begin() as session:
+            first = (await session.execute(stmt)).rowcount == 1
+            if self._pruned_at is None or time.monotonic() - self._pruned_at > PRUNE_EVERY:
+                self._pruned_at = time.monotonic()
+                await session.execute(delete(SlackEventRow).where(SlackEventRow.seen_at < cutoff))
+        return first
+
+    async def request_stop(self, run_id: str, *, by: str) -> bool:
+        """Record a stop request for `run_id` by user `by`, if the run is still queued or
+        running and none was recorded before; True when recorded now.
+
+        One statement checks the run and inserts (`INSERT … SELECT … ON CONFLICT DO NOTHING`).
+        """
+        unfinished_run = select(
+            RunRow.id, literal(by), literal(utcnow(), type_=UTCDateTime())
+        ).where(RunRow.id == run_id, RunRow.status.in_(UNFINISHED))
+        stmt = (
+            _insert(self._engine.dialect.name)(StopRequestRow)
+            .from_select(["run_id", "requested_by", "requested_at"], unfinished_run)
+            .on_conflict_do_nothing(index_elements=[StopRequestRow.run_id])
+        )
+        async with self._sessions.begin() as session:
+            return (await session.execute(stmt)).rowcount == 1
+
+    async def stop_requests(self, run_ids: Collection[str]) -> dict[str, str]:
+        """The stop requests among `run_ids`: run id → the user who asked."""
+        if not run_ids:
+            return {}
+        stmt = select(StopRequestRow.run_id, StopRequestRow.requested_by).where(
+            StopRequestRow.run_id.in_(list(run_ids))
+        )
+        async with self._sessions() as session:
+            return {run_id: by for run_id, by in (await session.execute(stmt)).all()}
+
     async def _records(self, stmt: Select[tuple[RunRow]]) -> list[RunRecord]:
         async with self._sessions() as session:
             rows = (await session.scalars(stmt)).all()
@@ -189,9 +249,13 @@ def _without_messages() -> Select[tuple[RunRow]]:
     return select(RunRow).options(defer(RunRow.messages_json, raiseload=True))
 
 
+def _insert(dialect: str) -> Any:
+    """The dialect's `insert`, which has `on_conflict_do_nothing`/`_do_update`."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
 def _upsert(dialect: str, values: dict[str, Any]) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(RunRow).values(values)
+    stmt = _insert(dialect)(RunRow).values(values)
     updates = {name: stmt.excluded[name] for name in values if name != "id"}
     if values["messages_json"] is None:
         del updates["messages_json"]

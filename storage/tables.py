@@ -1,5 +1,6 @@
 """The `runs` and `audit` tables and the conversions between their rows and the core's
-records."""
+records; the small `slack_events` and `run_stop_requests` tables that processes sharing the
+database coordinate through."""
 
 from __future__ import annotations
 
@@ -213,3 +214,28 @@ def audit_entry(row: AuditRow) -> AuditEntry:
         outcome=AuditOutcome(row.outcome),
         detail=row.detail,
     )
+
+
+class SlackEventRow(Base):
+    """A Slack `event_id` some process has taken on, so that Slack's retries of it (to this
+    process or another sharing the database) are dropped. Pruned after an hour."""
+
+    __tablename__ = "slack_events"
+
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = (Index("ix_slack_events_seen_at", "seen_at"),)
+
+
+class StopRequestRow(Base):
+    """A Stop pressed on a process where the run is not live: the process running it polls
+    for these and stops the run. At most one per run; kept as a record of who asked."""
+
+    __tablename__ = "run_stop_requests"
+
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    requested_by: Mapped[str] = mapped_column(Text, nullable=False)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

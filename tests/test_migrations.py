@@ -43,7 +43,7 @@ INDEXES = {
     "ix_runs_channel_id_message_ts": ["channel_id", "message_ts"],
 }  # fmt: skip
 AUDIT_INDEXES = {"ix_audit_at": ["at"], "ix_audit_team_id_at": ["team_id", "at"]}
-HEAD = "0004"
+HEAD = "0005"
 
 # An aiosqlite worker thread that outlives its event loop fails here, not as a warning.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -100,7 +100,13 @@ async def test_upgrade_creates_the_schema(engine: AsyncEngine) -> None:
     await upgrade(engine)
     async with engine.connect() as conn:
         facts = await conn.run_sync(schema_facts)
-    assert facts["tables"] == ["alembic_version", "audit", "runs"]
+    assert facts["tables"] == [
+        "alembic_version",
+        "audit",
+        "run_stop_requests",
+        "runs",
+        "slack_events",
+    ]
     record_fields = {field.name for field in dataclasses.fields(RunRecord)}
     assert facts["columns"] == record_fields
     assert facts["indexes"] == INDEXES

@@ -6,6 +6,7 @@ otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -364,6 +365,55 @@ async def test_ping(store: RunStore) -> None:
     await store.ping()
 
 
+# --- what processes sharing the store coordinate through --------------------------------------
+
+
+async def test_first_delivery_is_true_once(store: RunStore) -> None:
+    assert await store.first_delivery("Ev1") is True
+    assert await store.first_delivery("Ev1") is False
+    assert await store.first_delivery("Ev2") is True
+    assert await store.first_delivery("Ev1") is False
+
+
+async def test_first_delivery_forgets_after_an_hour(store: RunStore) -> None:
+    assert await store.first_delivery("Ev1", now=BASE) is True
+    assert await store.first_delivery("Ev1", now=BASE + timedelta(minutes=59)) is False
+    assert await store.first_delivery("Ev1", now=BASE + timedelta(minutes=61)) is True
+    assert await store.first_delivery("Ev1", now=BASE + timedelta(minutes=62)) is False
+
+
+async def test_first_delivery_of_concurrent_deliveries_is_one(store: RunStore) -> None:
+    answers = await asyncio.gather(*(store.first_delivery("Ev1") for _ in range(20)))
+    assert answers.count(True) == 1
+
+
+async def test_request_stop_once_for_an_unfinished_run(store: RunStore) -> None:
+    await store.create(run("queued", 0, status=RunStatus.QUEUED))
+    await store.create(run("running", 1, status=RunStatus.RUNNING))
+    await store.create(run("done", 2, status=RunStatus.SUCCEEDED))
+    before = await store.get("running")
+
+    assert await store.request_stop("running", by="U1") is True
+    assert await store.request_stop("running", by="U2") is False  # the first request stands
+    assert await store.request_stop("queued", by="U2") is True
+    assert await store.request_stop("done", by="U1") is False
+    assert await store.request_stop("missing", by="U1") is False
+
+    found = await store.stop_requests(["running", "queued", "done", "missing", "other"])
+    assert found == {"running": "U1", "queued": "U2"}
+    assert await store.stop_requests(["running"]) == {"running": "U1"}
+    assert await store.stop_requests([]) == {}
+    assert await store.get("running") == before, "the run record is left alone"
+
+
+async def test_request_stop_of_concurrent_requests_is_one(store: RunStore) -> None:
+    await store.create(run("running", 0, status=RunStatus.RUNNING))
+    users = [f"U{i}" for i in range(10)]
+    answers = await asyncio.gather(*(store.request_stop("running", by=u) for u in users))
+    assert answers.count(True) == 1
+    assert await store.stop_requests(["running"]) == {"running": users[answers.index(True)]}
+
+
 # --- history at scale: paging, count, stats, audit, search (issue 4) --------------------------
 
 
@@ -600,3 +650,27 @@ async def test_search_without_its_triggers_scans_instead(tmp_path: Path) -> None
         store = SqlRunStore(engine)
         await store.create(run("a", 0, prompt="not in the index"))
         assert ids(await store.query(RunQuery(search="in the index"))) == ["a"]
+
+
+async def test_two_stores_on_one_file_agree_on_first_deliveries(tmp_path: Path) -> None:
+    """Two processes (here two engines) on one SQLite file: each event is first once."""
+    async with (
+        sqlite_engine(tmp_path / "runs.db") as one,
+        sqlite_engine(tmp_path / "runs.db") as two,
+    ):
+        await upgrade(one)
+        stores = [SqlRunStore(one), SqlRunStore(two)]
+        answers = await asyncio.gather(
+            *(stores[i % 2].first_delivery(f"Ev{i // 4}") for i in range(40))
+        )
+    assert [answers[i : i + 4].count(True) for i in range(0, 40, 4)] == [1] * 10
+
+
+async def test_first_delivery_prunes_old_events(sqlite_db: AsyncEngine) -> None:
+    await SqlRunStore(sqlite_db).first_delivery("old", now=BASE)
+    await SqlRunStore(sqlite_db).first_delivery("recent", now=BASE + timedelta(minutes=90))
+    # A new store prunes on its first delivery, then only every few minutes.
+    await SqlRunStore(sqlite_db).first_delivery("new", now=BASE + timedelta(minutes=121))
+    async with sqlite_db.connect() as conn:
+        rows = await conn.execute(text("SELECT event_id FROM slack_events ORDER BY event_id"))
+        assert [row[0] for row in rows] == ["new", "recent"]
