@@ -39,6 +39,7 @@ class MemoryRunStore:
         self._audit: list[AuditEntry] = []
         self._events: dict[str, datetime] = {}  # event id → first delivery, oldest first
         self._stop_requests: dict[str, str] = {}  # run id → who asked
+        self._leases: dict[str, datetime] = {}  # run id → lease last renewed
 
     async def create(self, run: RunRecord) -> None:
         """Insert a new run; `ValueError` if its id exists or its parent does not."""
@@ -72,12 +73,18 @@ class MemoryRunStore:
         limit = max(1, min(query.limit, MAX_LIMIT))
         return [_copy(run, with_messages=False) for run in found[:limit]]
 
-    async def mark_interrupted(self, reason: str) -> list[RunRecord]:
-        """Mark every `queued`/`running` run `interrupted` with `reason`; return them."""
+    async def mark_interrupted(
+        self, reason: str, *, stale_before: datetime | None = None
+    ) -> list[RunRecord]:
+        """Mark every `queued`/`running` run `interrupted` with `reason`; return them, oldest
+        first. With `stale_before`, skip runs created or with a lease renewed at or after it."""
         now = utcnow()
+        cutoff = _utc(stale_before)
         marked: list[RunRecord] = []
         for run in sorted(self._runs.values(), key=lambda run: (run.created_at, run.id)):
             if run.status not in UNFINISHED:
+                continue
+            if cutoff is not None and self._held(run, cutoff):
                 continue
             run.status = RunStatus.INTERRUPTED
             run.error = reason
@@ -86,6 +93,20 @@ class MemoryRunStore:
                 run.duration_ms = max(0, int((now - run.started_at).total_seconds() * 1000))
             marked.append(_copy(run, with_messages=False))
         return marked
+
+    async def renew_leases(self, run_ids: Collection[str], *, now: datetime | None = None) -> None:
+        """Renew the leases of `run_ids` as of `now` (default: now); unknown ids are ignored."""
+        at = utcnow() if now is None else _utc(now)
+        assert at is not None
+        for run_id in run_ids:
+            if run_id in self._runs:
+                self._leases[run_id] = at
+
+    def _held(self, run: RunRecord, cutoff: datetime) -> bool:
+        """Whether some process may still carry out `run`: created or its lease renewed at or
+        after `cutoff`."""
+        renewed = self._leases.get(run.id)
+        return run.created_at >= cutoff or (renewed is not None and renewed >= cutoff)
 
     async def find_by_message(self, channel_id: str, ts: str) -> RunRecord | None:
         """The latest run in `channel_id` whose message or thread is `ts`, with its messages."""

@@ -85,7 +85,8 @@ class RunStore(Protocol):
     """Records runs. `create` is called before the first write to Slack, `save` after.
 
     It also holds what processes sharing one store coordinate through: the Slack events
-    already taken on, and Stop requests for runs live in another process.
+    already taken on, Stop requests for runs live in another process, and the leases that
+    tell which runs some process is still carrying out.
     """
 
     async def create(self, run: RunRecord) -> None: ...
@@ -108,8 +109,22 @@ class RunStore(Protocol):
         """The latest run in `channel_id` whose message or thread is `ts`, with its messages."""
         ...
 
-    async def mark_interrupted(self, reason: str) -> list[RunRecord]:
-        """Mark every run still `running` or `queued` as `interrupted`; return them."""
+    async def mark_interrupted(
+        self, reason: str, *, stale_before: datetime | None = None
+    ) -> list[RunRecord]:
+        """Mark every run still `running` or `queued` as `interrupted`; return them, oldest
+        first. Atomic: of processes asking at once, each run is returned to one.
+
+        With `stale_before`, only the runs no process is carrying out: a run is skipped when
+        its lease was renewed (`renew_leases`) at or after `stale_before`, or when it was
+        created at or after it (a run's lease starts with its creation, before its process
+        first renews it).
+        """
+        ...
+
+    async def renew_leases(self, run_ids: Collection[str], *, now: datetime | None = None) -> None:
+        """Record that this process is carrying out `run_ids` as of `now` (default: now), in
+        one statement. Ids of runs that do not exist are ignored."""
         ...
 
     async def ping(self) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 from aiohttp import web
 from pydantic_ai.models import Model
@@ -24,12 +25,12 @@ from bot.config import AppConfig, Settings
 from bot.limits import Admission, Guard
 from bot.mcp import McpServers
 from bot.metrics import Metrics
-from bot.models import RunStatus
+from bot.models import RunStatus, utcnow
 from bot.runner import LiveRuns, Runner
 from bot.tasks import BackgroundTasks
 from bot.team import Orchestrator
 from handlers import render
-from handlers.actions import StopRequestPoller
+from handlers.actions import LEASE_RENEW_EVERY, POLL_INTERVAL, LiveRunsPoller
 from handlers.app import BotDeps, build_app
 from handlers.pacer import Budget, Pacer, PacerConfig, SlackCallFailed
 from handlers.thread_reader import SlackThreadReader
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 INTERRUPTED_BY_RESTART = "the bot restarted while this run was in progress"
 INTERRUPTED_BY_SHUTDOWN = "the bot was shut down while this run was in progress"
 FINAL_WRITE_GRACE = 15.0
+# Seconds after which a run whose lease was not renewed (nor the run created) is taken for
+# left by a process that died: five renewals (`LEASE_RENEW_EVERY`) missed. Short enough
+# that a lone process restarting after a crash marks its old runs interrupted within
+# seconds (`Service.recover_later`).
+LEASE_STALE_AFTER = 10.0
 
 
 @dataclass
@@ -128,15 +134,33 @@ async def build_parts(
 
 class Service:
     """The running bot: HTTP endpoints, optional Socket Mode, recovery, the poller for Stop
-    requests made on other processes, and graceful shutdown."""
+    requests made on other processes (which also renews the leases of our live runs), and
+    graceful shutdown.
 
-    def __init__(self, parts: Parts) -> None:
+    Several processes may share the database. Recovery takes only the runs nobody carries
+    out any more: those whose lease is older than `lease_stale_after` seconds.
+    """
+
+    def __init__(
+        self,
+        parts: Parts,
+        *,
+        lease_stale_after: float = LEASE_STALE_AFTER,
+        lease_renew_every: float = LEASE_RENEW_EVERY,
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        """The timings are for tests; keep `lease_stale_after` several times
+        `lease_renew_every` (and `poll_interval`)."""
         self.parts = parts
         self._draining = False
         self._web: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
-        self._stop_poller = StopRequestPoller(parts.store, parts.runner.live)
+        self._lease_stale_after = lease_stale_after
+        self._live_poller = LiveRunsPoller(
+            parts.store, parts.runner.live, interval=poll_interval, renew_every=lease_renew_every
+        )
         self._polling: asyncio.Task[None] | None = None
+        self._recovering_later: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     def web_app(self) -> web.Application:
@@ -157,7 +181,10 @@ class Service:
     ) -> None:
         """Recover from an earlier crash, then listen on `host:port` (0 picks a free port),
         or on `sock` when given: a socket already bound (the playground binds first, to
-        learn its port before it builds the parts)."""
+        learn its port before it builds the parts).
+
+        Recovery runs twice: now, and once more when `lease_stale_after` has passed (see
+        `recover_later`)."""
         await self.recover()
         self._web = web.AppRunner(app or self.web_app(), handle_signals=False, access_log=None)
         await self._web.setup()
@@ -168,8 +195,9 @@ class Service:
             token = self.parts.settings.slack_app_token
             self._socket = AsyncSocketModeHandler(self.parts.bolt, token)
             await self._socket.connect_async()
-        # Stop pressed on another process sharing the database reaches our runs through this.
-        self._polling = asyncio.create_task(self._stop_poller.run(), name="stop-requests")
+        # Stop pressed on another process reaches our runs, and our runs keep their leases, here.
+        self._polling = asyncio.create_task(self._live_poller.run(), name="live-runs-poller")
+        self._recovering_later = asyncio.create_task(self.recover_later(), name="recover-later")
         log.info(
             "agentbot listening on http://%s:%s (%s)",
             host,
@@ -178,8 +206,18 @@ class Service:
         )
 
     async def recover(self) -> None:
-        """Mark runs a crash left `running` as interrupted and say so in their messages."""
-        for run in await self.parts.store.mark_interrupted(INTERRUPTED_BY_RESTART):
+        """Mark runs a crash left `running` as interrupted and say so in their messages.
+
+        Only runs no process carries out: a live run's process renews its lease every few
+        seconds, so a run whose lease (or, before its first renewal, its creation) is older
+        than `lease_stale_after` was left by a process that died. Runs live in other
+        processes sharing the database are left alone.
+        """
+        stale_before = utcnow() - timedelta(seconds=self._lease_stale_after)
+        interrupted = await self.parts.store.mark_interrupted(
+            INTERRUPTED_BY_RESTART, stale_before=stale_before
+        )
+        for run in interrupted:
             if not (run.channel_id and run.message_ts):
                 continue
             first = render.final_messages(run)[0]
@@ -194,9 +232,26 @@ class Service:
             except SlackCallFailed as exc:
                 log.warning("could not mark run %s interrupted in Slack: %s", run.id, exc)
 
+    async def recover_later(self) -> None:
+        """Recover once more when `lease_stale_after` has passed since start-up.
+
+        A process restarting after a crash finds its own earlier runs with leases still
+        fresh (renewed up to the crash), so `recover` at start-up leaves them. By now those
+        leases are older than start-up, hence stale unless some live process renews them:
+        this pass takes them. Cancelled at shutdown; a failure is logged, not raised.
+        """
+        await asyncio.sleep(self._lease_stale_after)
+        try:
+            await self.recover()
+        except Exception:
+            log.exception("recovery after the lease stale age failed")
+
     async def stop(self, *, grace: float) -> None:
         """Stop taking requests, let live runs finish for `grace` seconds, interrupt the rest."""
         self._draining = True
+        if self._recovering_later is not None:
+            self._recovering_later.cancel()
+            await asyncio.wait([self._recovering_later])
         if self._socket is not None:
             await self._socket.close_async()
         work = self.parts.background

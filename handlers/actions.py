@@ -2,7 +2,7 @@
 
 A run is live in one process. When Stop reaches another process sharing the database, that
 process records a stop request in the store, and the process running the run, which polls
-for requests on its live runs (`StopRequestPoller`), stops it.
+for requests on its live runs (`LiveRunsPoller`), stops it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0  # seconds between two looks for stop requests, while runs are live
+# Seconds between two renewals of this process's run leases, while runs are live; well
+# below the age at which start-up recovery takes a lease for stale (`bot.server`).
+LEASE_RENEW_EVERY = 2.0
 FINISHED = "This run has already finished."
 
 
@@ -87,35 +90,75 @@ async def _tell(respond: AsyncRespond, text: str) -> None:
     await respond(text=text, response_type="ephemeral", replace_original=False)
 
 
-class StopRequestPoller:
+class LiveRunsPoller:
     """Stops this process's live runs for which Stop was pressed on another process
-    (`RunStore.request_stop`). One loop per process, whatever the number of runs: it asks the
-    store about once every `interval` seconds, and only while runs are live."""
+    (`RunStore.request_stop`), and renews their leases (`RunStore.renew_leases`) so that
+    another process starting up does not take them for a crashed process's runs.
 
-    def __init__(self, store: RunStore, live: LiveRuns, *, interval: float = POLL_INTERVAL) -> None:
+    One loop per process, whatever the number of runs, awake only while runs are live: it
+    asks the store for stop requests about once every `interval` seconds, and renews the
+    leases of all live runs at most once every `renew_every` seconds (one statement). A run
+    is leased from its creation on (`RunStore.mark_interrupted`), so its first renewal may
+    wait for the next turn.
+    """
+
+    def __init__(
+        self,
+        store: RunStore,
+        live: LiveRuns,
+        *,
+        interval: float = POLL_INTERVAL,
+        renew_every: float = LEASE_RENEW_EVERY,
+    ) -> None:
         self._store = store
         self._live = live
         self._interval = interval
+        self._renew_every = renew_every
+        self._leased: set[str] = set()  # the live runs renewed last time
+        self._renewed_at: float | None = None  # when (loop time)
+        self._failing = {"read stop requests": False, "renew run leases": False}
 
     async def run(self) -> None:
         """Poll until cancelled (at shutdown); a store that fails is logged and asked again."""
-        failing = False
         while True:
             await self._live.wait_busy()
             await asyncio.sleep(self._interval)
             run_ids = self._live.stoppable()
+            await self._renew(run_ids)
             if not run_ids:
                 continue
             try:
                 requests = await self._store.stop_requests(run_ids)
             except Exception as exc:
-                if not failing:
-                    log.warning("cannot read stop requests, will retry: %s", exc)
-                failing = True
+                self._failed("read stop requests", exc)
                 continue
-            if failing:
-                log.info("stop requests readable again")
-                failing = False
+            self._answered("read stop requests")
             for run_id, user_id in requests.items():
                 if self._live.stop(run_id, status=RunStatus.CANCELLED, reason=stop_reason(user_id)):
                     log.info("run %s: stopped by %s from another process", run_id, user_id)
+
+    async def _renew(self, stoppable: list[str]) -> None:
+        """Renew the leases of the live runs when due. Runs being stopped are no longer
+        `stoppable` but still finishing: those renewed before stay leased while live."""
+        live = set(stoppable) | {i for i in self._leased if self._live.get(i) is not None}
+        now = asyncio.get_running_loop().time()
+        due = self._renewed_at is None or now - self._renewed_at >= self._renew_every
+        if not live or not due:
+            return
+        try:
+            await self._store.renew_leases(sorted(live))
+        except Exception as exc:
+            self._failed("renew run leases", exc)
+            return
+        self._answered("renew run leases")
+        self._leased, self._renewed_at = live, now
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        if not self._failing[what]:
+            log.warning("cannot %s, will retry: %s", what, exc)
+        self._failing[what] = True
+
+    def _answered(self, what: str) -> None:
+        if self._failing[what]:
+            log.info("can %s again", what)
+        self._failing[what] = False

@@ -7,7 +7,7 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, literal, or_, select
+from sqlalchemy import Select, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -29,6 +29,7 @@ from storage.history import MAX_LIMIT, run_conditions, run_stats, runs_page
 from storage.search import candidate_ids, sqlite_search_ready
 from storage.tables import (
     AuditRow,
+    RunLeaseRow,
     RunRow,
     SlackEventRow,
     StopRequestRow,
@@ -90,24 +91,60 @@ class SqlRunStore:
             rows = (await session.scalars(runs_page(query, candidates=candidates))).all()
             return [record_from_row(row, with_messages=False) for row in rows]
 
-    async def mark_interrupted(self, reason: str) -> list[RunRecord]:
-        """Mark every `queued`/`running` run `interrupted` with `reason`; return them."""
-        stmt = (
-            _without_messages()
-            .where(RunRow.status.in_(UNFINISHED))
-            .order_by(RunRow.created_at, RunRow.id)
-            .with_for_update()
-        )
+    async def mark_interrupted(
+        self, reason: str, *, stale_before: datetime | None = None
+    ) -> list[RunRecord]:
+        """Mark every `queued`/`running` run `interrupted` with `reason`; return them, oldest
+        first. With `stale_before`, skip runs created or with a lease renewed at or after it.
+
+        One `UPDATE … WHERE … RETURNING` takes the runs (a `NOT EXISTS` on `run_leases`
+        leaves held ones alone), so of processes recovering at once each run goes to one;
+        their durations follow in the same transaction.
+        """
         now = utcnow()
+        conditions = [RunRow.status.in_(UNFINISHED)]
+        if stale_before is not None:
+            fresh_lease = select(RunLeaseRow.run_id).where(
+                RunLeaseRow.run_id == RunRow.id, RunLeaseRow.renewed_at >= stale_before
+            )
+            conditions += [RunRow.created_at < stale_before, ~fresh_lease.exists()]
+        take = (
+            update(RunRow)
+            .where(*conditions)
+            .values(status=RunStatus.INTERRUPTED.value, error=reason, finished_at=now)
+            .returning(RunRow.id)
+            .execution_options(synchronize_session=False)
+        )
         async with self._sessions.begin() as session:
-            rows = (await session.scalars(stmt)).all()
+            taken = list((await session.scalars(take)).all())
+            if not taken:
+                return []
+            rows = (await session.scalars(_without_messages().where(RunRow.id.in_(taken)))).all()
             for row in rows:
-                row.status = RunStatus.INTERRUPTED.value
-                row.error = reason
-                row.finished_at = now
                 if row.started_at is not None:
                     row.duration_ms = max(0, int((now - row.started_at).total_seconds() * 1000))
-        return [record_from_row(row, with_messages=False) for row in rows]
+        return sorted(
+            (record_from_row(row, with_messages=False) for row in rows),
+            key=lambda run: (run.created_at, run.id),
+        )
+
+    async def renew_leases(self, run_ids: Collection[str], *, now: datetime | None = None) -> None:
+        """Renew the leases of `run_ids` as of `now` (default: now): one upsert, from the
+        runs that exist (`INSERT … SELECT … ON CONFLICT DO UPDATE`)."""
+        if not run_ids:
+            return
+        at = utcnow() if now is None else now
+        runs = select(RunRow.id, literal(at, type_=UTCDateTime())).where(
+            RunRow.id.in_(list(run_ids))
+        )
+        stmt = _insert(self._engine.dialect.name)(RunLeaseRow).from_select(
+            ["run_id", "renewed_at"], runs
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[RunLeaseRow.run_id], set_={"renewed_at": stmt.excluded.renewed_at}
+        )
+        async with self._sessions.begin() as session:
+            await session.execute(stmt)
 
     async def find_by_message(self, channel_id: str, ts: str) -> RunRecord | None:
         """The latest run in `channel_id` whose message or thread is `ts`, with its messages."""

@@ -1,6 +1,6 @@
 """The `runs` and `audit` tables and the conversions between their rows and the core's
-records; the small `slack_events` and `run_stop_requests` tables that processes sharing the
-database coordinate through."""
+records; the small `slack_events`, `run_stop_requests` and `run_leases` tables that processes
+sharing the database coordinate through."""
 
 from __future__ import annotations
 
@@ -239,3 +239,16 @@ class StopRequestRow(Base):
     )
     requested_by: Mapped[str] = mapped_column(Text, nullable=False)
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class RunLeaseRow(Base):
+    """The process carrying out a run renews its lease every few seconds while the run is
+    live; start-up recovery leaves runs with a fresh lease alone. Kept after the run ends
+    (only unfinished runs are looked at); deleted with the run."""
+
+    __tablename__ = "run_leases"
+
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 import aiohttp
 import pytest
 
 from bot.config import AppConfig
-from bot.models import RunKind, RunQuery, RunRecord, RunStatus
+from bot.models import RunKind, RunQuery, RunRecord, RunStatus, utcnow
 from bot.server import INTERRUPTED_BY_RESTART, Service, build_parts
-from tests.conftest import make_settings
+from tests.conftest import make_settings, wait_until
 from tests.scripted import ScriptedModel
 from tests.test_ask import all_text, answer_text
 
@@ -42,20 +45,13 @@ async def _runs(service: Service) -> list[RunRecord]:
 
 async def test_restart_marks_crashed_runs_interrupted_and_says_so_in_slack(emulator, tmp_path):
     settings = make_settings(emulator, tmp_path / "crash.db")
-    # A first process posted a live message and recorded its run, then died (no finish).
+    # A first process posted a live message and recorded its run, then died (no finish) a
+    # minute ago: no lease renewed since.
     first = await build_parts(settings, AppConfig(), model=ScriptedModel(["x"]).model())
     posted = await first.client.chat_postMessage(channel="C123", text="thinking…")
-    crashed = RunRecord(
-        kind=RunKind.ASK,
-        prompt="a question",
-        user_id="U123",
-        channel_id="C123",
-        team_id="T0001",
-        message_ts=posted["ts"],
-        status=RunStatus.RUNNING,
-        output="half of it",
-    )
+    crashed = _crashed_run(posted["ts"], created_at=utcnow() - timedelta(minutes=1))
     await first.store.create(crashed)
+    await first.store.renew_leases([crashed.id], now=crashed.created_at)
     await first.engine.dispose()
 
     service = Service(await build_parts(settings, AppConfig(), model=ScriptedModel(["x"]).model()))
@@ -69,6 +65,53 @@ async def test_restart_marks_crashed_runs_interrupted_and_says_so_in_slack(emula
         assert answer_text(message) == "half of it"
     finally:
         await service.stop(grace=0)
+
+
+async def test_a_run_that_crashed_just_before_the_restart_is_recovered_a_stale_age_later(
+    emulator, tmp_path
+):
+    settings = make_settings(emulator, tmp_path / "crash.db")
+    # The first process renewed its run's lease just before it died.
+    first = await build_parts(settings, AppConfig(), model=ScriptedModel(["x"]).model())
+    posted = await first.client.chat_postMessage(channel="C123", text="thinking…")
+    crashed = _crashed_run(posted["ts"])
+    await first.store.create(crashed)
+    await first.store.renew_leases([crashed.id])
+    await first.engine.dispose()
+
+    parts = await build_parts(settings, AppConfig(), model=ScriptedModel(["x"]).model())
+    service = Service(parts, lease_stale_after=1.0, lease_renew_every=0.1, poll_interval=0.05)
+    await service.start(host="127.0.0.1", port=0)
+    try:
+        run = await parts.store.get(crashed.id)
+        assert run.status is RunStatus.RUNNING, "its lease is fresh at start-up: left alone"
+
+        async def interrupted() -> bool:
+            run = await parts.store.get(crashed.id)
+            return run.status is RunStatus.INTERRUPTED
+
+        await wait_until(interrupted, emulator, timeout=10)
+        run = await parts.store.get(crashed.id)
+        assert run.error == INTERRUPTED_BY_RESTART
+        await emulator.wait_for(
+            lambda: "Interrupted" in all_text(emulator.message("C123", posted["ts"]))
+        )
+    finally:
+        await service.stop(grace=0)
+
+
+def _crashed_run(message_ts: str, **fields: Any) -> RunRecord:
+    return RunRecord(
+        kind=RunKind.ASK,
+        prompt="a question",
+        user_id="U123",
+        channel_id="C123",
+        team_id="T0001",
+        message_ts=message_ts,
+        status=RunStatus.RUNNING,
+        output="half of it",
+        **fields,
+    )
 
 
 async def test_shutdown_lets_short_runs_finish_within_the_grace(start_bot, emulator):

@@ -1,15 +1,23 @@
 """Two bot processes sharing one database (two `agentbot serve` behind a load balancer, or a
-restart between a delivery and its retry): each Slack event is answered once, and Stop works
-whichever process it reaches."""
+restart between a delivery and its retry): each Slack event is answered once, Stop works
+whichever process it reaches, and a process starting up leaves the other's runs alone."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
 
-from bot.models import RunKind, RunRecord, RunStatus
+import pytest
+
+from bot.config import AppConfig
+from bot.models import RunKind, RunRecord, RunStatus, utcnow
 from bot.runner import LiveRuns
+from bot.server import INTERRUPTED_BY_RESTART, Service, build_parts
 from handlers.render import STOP_ACTION_ID
+from tests.conftest import Bot, BotFactory, make_settings
 from tests.scripted import ScriptedModel
 from tests.test_ask import SIXTY_WORDS, all_text
 from tests.test_conversations import ask_first
@@ -97,7 +105,7 @@ async def test_an_admin_of_the_other_process_may_stop_the_run(start_bot, emulato
     assert run.status is RunStatus.CANCELLED and run.error == "Stopped by <@UADMIN>"
 
 
-async def test_one_stop_poller_per_process_ends_at_shutdown(start_bot, emulator):
+async def test_one_live_runs_poller_per_process_ends_at_shutdown(start_bot, emulator):
     script = ScriptedModel.words(SIXTY_WORDS, hang_after=3)
     bot = await start_bot(script.model())
     for prompt in ("one", "two", "three"):
@@ -157,4 +165,70 @@ def _stop_value(message) -> str:
 
 
 def _pollers() -> list[asyncio.Task]:
-    return [t for t in asyncio.all_tasks() if t.get_name() == "stop-requests" and not t.done()]
+    return [t for t in asyncio.all_tasks() if t.get_name() == "live-runs-poller" and not t.done()]
+
+
+UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)  # as last saved: checkpoints come later
+# Short lease timings, for the recovery pass a stale age after start-up to happen in a test.
+FAST_LEASES = {"lease_stale_after": 1.0, "lease_renew_every": 0.1, "poll_interval": 0.05}
+
+
+@pytest.fixture
+async def start_fast_bot(emulator, tmp_path: Path) -> AsyncIterator[BotFactory]:
+    """Like `start_bot` (one database file), with `FAST_LEASES`."""
+    services: list[Service] = []
+
+    async def start(model) -> Bot:
+        settings = make_settings(emulator, tmp_path / "agentbot.db")
+        service = Service(await build_parts(settings, AppConfig(), model=model), **FAST_LEASES)
+        await service.start(host="127.0.0.1", port=0)
+        services.append(service)
+        return Bot(emulator=emulator, service=service)
+
+    yield start
+    for service in services:
+        await service.stop(grace=0)
+
+
+async def test_a_process_starting_up_leaves_the_others_live_runs_alone(start_fast_bot, emulator):
+    script = ScriptedModel.words(SIXTY_WORDS, hang_after=3)
+    running = await start_fast_bot(script.model())
+    await running.command("hello")
+    run_id, message_ts = await _live_run(running, emulator)
+    await _recoveries_over()  # its own later pass leaves its own run alone too
+    # A third process died a minute ago, its run left running with no lease.
+    crashed = RunRecord(
+        kind=RunKind.ASK, prompt="lost", status=RunStatus.RUNNING,
+        created_at=utcnow() - timedelta(minutes=1),
+    )  # fmt: skip
+    await running.store.create(crashed)
+
+    other = await start_fast_bot(script.model())
+
+    assert (await other.store.get(crashed.id)).status is RunStatus.INTERRUPTED
+    assert (await other.store.get(crashed.id)).error == INTERRUPTED_BY_RESTART
+    assert (await other.store.get(run_id)).status in UNFINISHED
+    await _recoveries_over()  # the other's later pass, a stale age after its start
+    assert (await other.store.get(run_id)).status in UNFINISHED
+    assert running.service.parts.runner.live.get(run_id) is not None
+
+    script.released.set()
+    [finished] = [r for r in await running.wait_for_run(count=2) if r.id == run_id]
+    assert finished.status is RunStatus.SUCCEEDED and finished.output == SIXTY_WORDS
+    assert "Interrupted" not in all_text(emulator.message("C123", message_ts))
+
+
+async def _recoveries_over(timeout: float = 10.0) -> None:
+    """Wait until no process has a recovery pass still to make."""
+
+    async def over() -> bool:
+        return not [
+            t for t in asyncio.all_tasks() if t.get_name() == "recover-later" and not t.done()
+        ]
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await over():
+        assert loop.time() < deadline, "recovery passes still pending"
+        pending = [t for t in asyncio.all_tasks() if t.get_name() == "recover-later"]
+        await asyncio.wait(pending, timeout=deadline - loop.time())

@@ -333,6 +333,47 @@ async def test_mark_interrupted(store: RunStore) -> None:
     assert await store.mark_interrupted("again") == []
 
 
+async def test_mark_interrupted_leaves_runs_some_process_holds(store: RunStore) -> None:
+    cutoff = BASE + timedelta(minutes=30)
+    started = utcnow() - timedelta(seconds=2)
+    await store.create(run("renewed", 0, status=RunStatus.RUNNING, started_at=started))
+    await store.create(run("lapsed", 1, status=RunStatus.RUNNING))
+    await store.create(run("unleased", 2, status=RunStatus.QUEUED))
+    await store.create(run("young", 40, status=RunStatus.QUEUED))  # not renewed yet
+    await store.create(run("done", 3, status=RunStatus.SUCCEEDED))
+    await store.renew_leases(["renewed", "lapsed", "done", "missing"], now=BASE)
+    await store.renew_leases(["renewed"], now=cutoff)  # renewed again: at the cut-off, held
+    await store.renew_leases([])
+    before = utcnow()
+
+    marked = await store.mark_interrupted("gone", stale_before=cutoff)
+
+    assert ids(marked) == ["lapsed", "unleased"]
+    for record in marked:
+        assert record == await store.get(record.id)
+        assert record.status is RunStatus.INTERRUPTED and record.error == "gone"
+        assert record.finished_at is not None and record.finished_at >= before
+    assert (await store.get("renewed")).status is RunStatus.RUNNING
+    assert (await store.get("young")).status is RunStatus.QUEUED
+    assert await store.mark_interrupted("again", stale_before=cutoff) == []
+
+    later = await store.mark_interrupted("later", stale_before=cutoff + timedelta(minutes=11))
+    assert ids(later) == ["renewed", "young"]
+    assert later[0].duration_ms is not None and later[0].duration_ms >= 2000
+    assert (await store.get("done")).status is RunStatus.SUCCEEDED
+
+
+async def test_mark_interrupted_at_once_gives_each_run_to_one(store: RunStore) -> None:
+    for i in range(10):
+        await store.create(run(f"r{i}", i, status=RunStatus.RUNNING))
+    cutoff = BASE + timedelta(hours=1)
+    answers = await asyncio.gather(
+        *(store.mark_interrupted(f"pass {i}", stale_before=cutoff) for i in range(4))
+    )
+    taken = sorted(run_id for answer in answers for run_id in ids(answer))
+    assert taken == [f"r{i}" for i in range(10)]
+
+
 async def test_children_oldest_first(store: RunStore) -> None:
     await store.create(run("parent", 0, kind=RunKind.TEAM))
     await store.create(run("other", 0, kind=RunKind.TEAM))
