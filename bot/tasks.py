@@ -27,11 +27,16 @@ class BackgroundTasks:
         return task
 
     async def wait(self, timeout: float) -> bool:
-        """Wait until every task has ended, at most `timeout` seconds; True if all did."""
-        if not self._tasks:
-            return True
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        return not pending
+        """Wait until every task has ended, those they start included, at most `timeout`
+        seconds; True if all did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.wait(set(self._tasks), timeout=left)
+        return True
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

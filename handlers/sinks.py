@@ -104,7 +104,8 @@ class SlackEditSink:
         self._live.set_rendered(content)
 
     async def finish(self, run: RunRecord) -> None:
-        assert self._live is not None, "finish() before start()"
+        if self._live is None:
+            return  # never shown: the run was stopped before its first message was posted
         self._posts += await show_final(
             self._pacer,
             self._live,

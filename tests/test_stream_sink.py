@@ -536,3 +536,14 @@ async def test_a_run_that_fails_mid_stream_keeps_its_text_and_says_why(emulator)
     notice = block_texts(message)
     assert "⚠️" in notice and "connection reset" in notice and "Partial answer kept" in notice
     await pacer.close()
+
+
+@pytest.mark.parametrize("mode", ["edit", "native"])
+async def test_a_run_stopped_before_its_first_message_finishes_without_one(emulator, mode):
+    pacer = make_pacer(emulator)
+    sink = reply_sink(
+        pacer, mode=mode, channel=CHANNEL, thread_ts=question(emulator), notify=Notes()
+    )
+    await sink.finish(ended(make_run(), "", RunStatus.CANCELLED, "Stopped by <@U123>"))
+    assert [c.method for c in emulator.calls] == [] and sink.writes == 0
+    await pacer.close()
