@@ -38,8 +38,8 @@ IGNORED_SUBTYPES = frozenset(
     {"message_changed", "message_deleted", "bot_message", "channel_join", "channel_leave"}
 )
 _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
-# How long the store may take to say whether an event is new, inside Slack's 3 s for the ack.
-DEDUPE_TIMEOUT = 2.0
+# How long the store may take to say whether an event is new before it is handled anyway.
+DEDUPE_TIMEOUT = 5.0
 
 
 class SeenEvents:
@@ -72,7 +72,7 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
         req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[None]]
     ) -> BoltResponse:
         event_id = req.body.get("event_id") if isinstance(req.body, dict) else None
-        if event_id and not await _first_delivery(deps.store, seen, event_id):
+        if event_id and not seen.first_time(event_id):
             log.info(
                 "event %s already handled (retry %s)",
                 event_id,
@@ -86,7 +86,7 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
     async def mention(event: dict[str, Any], body: dict[str, Any]) -> None:
         # In a channel the answer goes into a thread: the mention's own, or a new one under it.
         thread_ts = event.get("thread_ts") or event["ts"]
-        await _converse(deps, event, body, kind=RunKind.MENTION, thread_ts=thread_ts)
+        _converse_after_ack(deps, event, body, kind=RunKind.MENTION, thread_ts=thread_ts)
 
     @app.event("message")
     async def message(event: dict[str, Any], body: dict[str, Any], context: dict[str, Any]) -> None:
@@ -98,7 +98,7 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
             return  # `app_mention` answers it
         thread_ts = event.get("thread_ts")
         if event.get("channel_type") == "im":
-            await _converse(
+            _converse_after_ack(
                 deps,
                 event,
                 body,
@@ -106,18 +106,15 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
                 thread_ts=thread_ts,
             )
         elif thread_ts is not None:
-            await _converse(
+            _converse_after_ack(
                 deps, event, body, kind=RunKind.FOLLOWUP, thread_ts=thread_ts, only_our_threads=True
             )
 
 
-async def _first_delivery(store: RunStore, seen: SeenEvents, event_id: str) -> bool:
-    """Whether this is the first delivery of `event_id`. This process's memory answers for
-    its own repeats at no cost; the store, shared with other processes, decides the rest.
-    When the store does not answer, the event is handled: a rare double answer beats a lost
-    one."""
-    if not seen.first_time(event_id):
-        return False
+async def _first_delivery(store: RunStore, event_id: str) -> bool:
+    """Whether this is the first delivery of `event_id` of all processes sharing the store
+    (the middleware has already dropped this process's own repeats). When the store does not
+    answer, the event is handled: a rare double answer beats a lost one."""
     try:
         async with asyncio.timeout(DEDUPE_TIMEOUT):
             return await store.first_delivery(event_id)
@@ -135,6 +132,15 @@ def _mentions(text: str, bot_user_id: str | None) -> bool:
     return bot_user_id is not None and bot_user_id in _MENTION.findall(text)
 
 
+def _converse_after_ack(
+    deps: BotDeps, event: dict[str, Any], body: dict[str, Any], **how: Any
+) -> None:
+    """Answer the event in the background: the ack never waits for the database."""
+    deps.background.spawn(
+        _converse(deps, event, body, **how), name=f"event-{body.get('event_id') or event['ts']}"
+    )
+
+
 async def _converse(
     deps: BotDeps,
     event: dict[str, Any],
@@ -144,6 +150,10 @@ async def _converse(
     thread_ts: str | None,
     only_our_threads: bool = False,
 ) -> None:
+    event_id = body.get("event_id")
+    if event_id and not await _first_delivery(deps.store, event_id):
+        log.info("event %s already handled by another process", event_id)
+        return
     channel = event["channel"]
     earlier = await _earlier_run(deps, channel, thread_ts)
     if only_our_threads and earlier is None:
