@@ -150,3 +150,38 @@ async def test_ask_grows_live_stop_stops_and_api_calls_are_listed(playground, pa
     await expect(calls.filter(has_text="chat.postMessage").first).to_contain_text("ok")
     await expect(page.locator("#call-count")).to_have_text(str(len(pg.emulator.calls)))
     assert errors == []
+
+
+async def test_a_native_streams_tool_calls_show_as_task_cards(playground, page):
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    pg, _ = playground
+    expect.set_options(timeout=15_000)
+    client = AsyncWebClient(token=pg.emulator.bot_token, base_url=pg.emulator.api_url)
+    parent = await client.chat_postMessage(channel="C123", text="what does the page say?")
+    stream = await client.chat_startStream(
+        channel="C123", thread_ts=parent["ts"], markdown_text="Let me look. "
+    )
+    card = {"type": "task_update", "id": "call1", "title": "fetch_url example.com"}
+    await client.chat_appendStream(
+        channel="C123", ts=stream["ts"], chunks=[{**card, "status": "in_progress"}]
+    )
+
+    await page.goto(f"{pg.url}/")
+    await page.locator("#channel-messages .replies").first.click()
+    reply = page.locator("#thread-messages .message.from-bot").last
+    task = reply.locator(".tasks-timeline .task")
+    await expect(task).to_have_class("task task-in_progress")
+    await expect(task).to_contain_text("fetch_url example.com")
+
+    await client.chat_stopStream(
+        channel="C123",
+        ts=stream["ts"],
+        chunks=[
+            {**card, "status": "complete", "output": "done in 0.4 s"},
+            {"type": "markdown_text", "text": "It says to ship on Tuesday."},
+        ],
+    )
+    await expect(task).to_have_class("task task-complete")
+    await expect(task).to_contain_text("done in 0.4 s")
+    await expect(reply).to_contain_text("Let me look. It says to ship on Tuesday.")
