@@ -93,6 +93,10 @@ class LiveRuns:
         live = self._runs.get(run_id)
         return live.run if live else None
 
+    def ids(self) -> list[str]:
+        """The ids of the runs in progress."""
+        return list(self._runs)
+
     def stoppable(self) -> list[str]:
         """The ids of the live runs that no stop has reached yet."""
         return [run_id for run_id, live in self._runs.items() if live.stop_reason is None]

@@ -161,6 +161,8 @@ class Service:
         )
         self._polling: asyncio.Task[None] | None = None
         self._recovering_later: asyncio.Task[None] | None = None
+        self.recoveries = 0  # recovery passes made (start-up's included)
+        self._recovered = asyncio.Event()
         self.port: int | None = None
 
     def web_app(self) -> web.Application:
@@ -183,8 +185,7 @@ class Service:
         or on `sock` when given: a socket already bound (the playground binds first, to
         learn its port before it builds the parts).
 
-        Recovery runs twice: now, and once more when `lease_stale_after` has passed (see
-        `recover_later`)."""
+        Recovery runs now, then every `lease_stale_after` seconds (`recover_later`)."""
         await self.recover()
         self._web = web.AppRunner(app or self.web_app(), handle_signals=False, access_log=None)
         await self._web.setup()
@@ -197,7 +198,7 @@ class Service:
             await self._socket.connect_async()
         # Stop pressed on another process reaches our runs, and our runs keep their leases, here.
         self._polling = asyncio.create_task(self._live_poller.run(), name="live-runs-poller")
-        self._recovering_later = asyncio.create_task(self.recover_later(), name="recover-later")
+        self._recovering_later = asyncio.create_task(self.recover_later(), name="recover-left-runs")
         log.info(
             "agentbot listening on http://%s:%s (%s)",
             host,
@@ -231,20 +232,30 @@ class Service:
                 )
             except SlackCallFailed as exc:
                 log.warning("could not mark run %s interrupted in Slack: %s", run.id, exc)
+        self.recoveries += 1
+        self._recovered.set()
+
+    async def wait_recoveries(self, count: int) -> None:
+        """Return once `count` recovery passes have been made, start-up's included."""
+        while self.recoveries < count:
+            self._recovered.clear()
+            await self._recovered.wait()
 
     async def recover_later(self) -> None:
-        """Recover once more when `lease_stale_after` has passed since start-up.
+        """Recover again every `lease_stale_after` seconds, for as long as the bot runs.
 
         A process restarting after a crash finds its own earlier runs with leases still
-        fresh (renewed up to the crash), so `recover` at start-up leaves them. By now those
-        leases are older than start-up, hence stale unless some live process renews them:
-        this pass takes them. Cancelled at shutdown; a failure is logged, not raised.
+        fresh (renewed up to the crash), so `recover` at start-up leaves them; the first
+        pass after the stale age takes them. Later passes take the runs of another process
+        that died while this one runs. Each pass is one UPDATE that finds nothing when all
+        is well. Cancelled at shutdown; a failed pass is logged and tried again next time.
         """
-        await asyncio.sleep(self._lease_stale_after)
-        try:
-            await self.recover()
-        except Exception:
-            log.exception("recovery after the lease stale age failed")
+        while True:
+            await asyncio.sleep(self._lease_stale_after)
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("recovering runs left by a process that died failed")
 
     async def stop(self, *, grace: float) -> None:
         """Stop taking requests, let live runs finish for `grace` seconds, interrupt the rest."""

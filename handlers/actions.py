@@ -114,7 +114,6 @@ class LiveRunsPoller:
         self._live = live
         self._interval = interval
         self._renew_every = renew_every
-        self._leased: set[str] = set()  # the live runs renewed last time
         self._renewed_at: float | None = None  # when (loop time)
         self._failing = {"read stop requests": False, "renew run leases": False}
 
@@ -123,8 +122,8 @@ class LiveRunsPoller:
         while True:
             await self._live.wait_busy()
             await asyncio.sleep(self._interval)
+            await self._renew()
             run_ids = self._live.stoppable()
-            await self._renew(run_ids)
             if not run_ids:
                 continue
             try:
@@ -137,10 +136,10 @@ class LiveRunsPoller:
                 if self._live.stop(run_id, status=RunStatus.CANCELLED, reason=stop_reason(user_id)):
                     log.info("run %s: stopped by %s from another process", run_id, user_id)
 
-    async def _renew(self, stoppable: list[str]) -> None:
-        """Renew the leases of the live runs when due. Runs being stopped are no longer
-        `stoppable` but still finishing: those renewed before stay leased while live."""
-        live = set(stoppable) | {i for i in self._leased if self._live.get(i) is not None}
+    async def _renew(self) -> None:
+        """Renew the leases of every live run when due, those being stopped included (they
+        may still be writing their end to Slack)."""
+        live = set(self._live.ids())
         now = asyncio.get_running_loop().time()
         due = self._renewed_at is None or now - self._renewed_at >= self._renew_every
         if not live or not due:
@@ -151,7 +150,7 @@ class LiveRunsPoller:
             self._failed("renew run leases", exc)
             return
         self._answered("renew run leases")
-        self._leased, self._renewed_at = live, now
+        self._renewed_at = now
 
     def _failed(self, what: str, exc: Exception) -> None:
         if not self._failing[what]:

@@ -8,7 +8,6 @@ it to another process sharing the database: the store decides which delivery is 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -38,8 +37,6 @@ IGNORED_SUBTYPES = frozenset(
     {"message_changed", "message_deleted", "bot_message", "channel_join", "channel_leave"}
 )
 _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
-# How long the store may take to say whether an event is new before it is handled anyway.
-DEDUPE_TIMEOUT = 5.0
 
 
 class SeenEvents:
@@ -115,9 +112,10 @@ async def _first_delivery(store: RunStore, event_id: str) -> bool:
     """Whether this is the first delivery of `event_id` of all processes sharing the store
     (the middleware has already dropped this process's own repeats). When the store does not
     answer, the event is handled: a rare double answer beats a lost one."""
+    # No time limit: this runs after the ack, and a cancelled check would be rolled back and
+    # let another process answer the event too.
     try:
-        async with asyncio.timeout(DEDUPE_TIMEOUT):
-            return await store.first_delivery(event_id)
+        return await store.first_delivery(event_id)
     except Exception as exc:
         log.warning(
             "event %s: handled without checking other processes (%s: %s)",

@@ -244,9 +244,11 @@ class SqlRunStore:
         )
         async with self._sessions.begin() as session:
             first = (await session.execute(stmt)).rowcount == 1
-            if self._pruned_at is None or time.monotonic() - self._pruned_at > PRUNE_EVERY:
-                self._pruned_at = time.monotonic()
+        if self._pruned_at is None or time.monotonic() - self._pruned_at > PRUNE_EVERY:
+            # Its own transaction: a failed prune must not undo the delivery just recorded.
+            async with self._sessions.begin() as session:
                 await session.execute(delete(SlackEventRow).where(SlackEventRow.seen_at < cutoff))
+            self._pruned_at = time.monotonic()
         return first
 
     async def request_stop(self, run_id: str, *, by: str) -> bool:

@@ -195,7 +195,8 @@ async def test_a_process_starting_up_leaves_the_others_live_runs_alone(start_fas
     running = await start_fast_bot(script.model())
     await running.command("hello")
     run_id, message_ts = await _live_run(running, emulator)
-    await _recoveries_over()  # its own later pass leaves its own run alone too
+    # Its own later pass (after start-up's) leaves its own run alone too.
+    await asyncio.wait_for(running.service.wait_recoveries(2), timeout=10)
     # A third process died a minute ago, its run left running with no lease.
     crashed = RunRecord(
         kind=RunKind.ASK, prompt="lost", status=RunStatus.RUNNING,
@@ -208,7 +209,7 @@ async def test_a_process_starting_up_leaves_the_others_live_runs_alone(start_fas
     assert (await other.store.get(crashed.id)).status is RunStatus.INTERRUPTED
     assert (await other.store.get(crashed.id)).error == INTERRUPTED_BY_RESTART
     assert (await other.store.get(run_id)).status in UNFINISHED
-    await _recoveries_over()  # the other's later pass, a stale age after its start
+    await asyncio.wait_for(other.service.wait_recoveries(2), timeout=10)  # a stale age on
     assert (await other.store.get(run_id)).status in UNFINISHED
     assert running.service.parts.runner.live.get(run_id) is not None
 
@@ -218,17 +219,14 @@ async def test_a_process_starting_up_leaves_the_others_live_runs_alone(start_fas
     assert "Interrupted" not in all_text(emulator.message("C123", message_ts))
 
 
-async def _recoveries_over(timeout: float = 10.0) -> None:
-    """Wait until no process has a recovery pass still to make."""
-
-    async def over() -> bool:
-        return not [
-            t for t in asyncio.all_tasks() if t.get_name() == "recover-later" and not t.done()
-        ]
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await over():
-        assert loop.time() < deadline, "recovery passes still pending"
-        pending = [t for t in asyncio.all_tasks() if t.get_name() == "recover-later"]
-        await asyncio.wait(pending, timeout=deadline - loop.time())
+async def test_the_runs_of_a_process_that_dies_later_are_recovered(start_fast_bot, emulator):
+    bot = await start_fast_bot(ScriptedModel.words("ok").model())
+    # Another process started this run, renewed its lease once, then died.
+    orphan = RunRecord(kind=RunKind.ASK, prompt="lost", status=RunStatus.RUNNING)
+    await bot.store.create(orphan)
+    await bot.store.renew_leases([orphan.id])
+    passes = bot.service.recoveries
+    await asyncio.wait_for(bot.service.wait_recoveries(passes + 1), timeout=10)
+    assert (await bot.store.get(orphan.id)).status is RunStatus.RUNNING, "its lease was fresh"
+    await asyncio.wait_for(bot.service.wait_recoveries(passes + 3), timeout=10)
+    assert (await bot.store.get(orphan.id)).status is RunStatus.INTERRUPTED
