@@ -85,6 +85,7 @@ class LiveRuns:
 
     _runs: dict[str, LiveRun] = field(default_factory=dict)
     _busy: asyncio.Event = field(default_factory=asyncio.Event)  # set while a run is live
+    _closed: tuple[RunStatus, str] | None = None  # set by `stop_all`: later runs end at once
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -113,6 +114,9 @@ class LiveRuns:
         live = LiveRun(run=run, task=task)
         self._runs[run.id] = live
         self._busy.set()
+        if self._closed is not None:  # started after shutdown interrupted the rest
+            live.stop_reason = self._closed
+            task.cancel()
         try:
             yield live
         finally:
@@ -134,6 +138,8 @@ class LiveRuns:
         return True
 
     def stop_all(self, *, status: RunStatus, reason: str) -> int:
+        """Stop every live run, and every run that starts from now on (shutdown)."""
+        self._closed = (status, reason)
         return sum(self.stop(run_id, status=status, reason=reason) for run_id in list(self._runs))
 
     async def wait_idle(self, timeout: float) -> bool:

@@ -163,6 +163,17 @@ async def test_stop_cancels_with_the_text_so_far():
     assert not runner.live.stop(run.id, status=RunStatus.CANCELLED, reason="again")
 
 
+async def test_a_run_started_after_shutdown_stopped_all_ends_at_once():
+    runner, store = make_runner()
+    assert runner.live.stop_all(status=RunStatus.INTERRUPTED, reason="shutting down") == 0
+    record = RunRecord(kind=RunKind.ASK, prompt="p")
+    run = await runner.run(
+        agent_for(ScriptedModel(["never"])), record, sink=RecordingSink(), policy=RunPolicy()
+    )
+    assert (run.status, run.error, run.output) == (RunStatus.INTERRUPTED, "shutting down", "")
+    assert (await store.get(run.id)).status is RunStatus.INTERRUPTED
+
+
 async def test_a_run_that_cannot_be_recorded_still_tells_the_user():
     runner, store = make_runner()
 
