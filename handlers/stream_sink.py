@@ -2,8 +2,9 @@
 
 `chat.startStream` opens the reply, `chat.appendStream` adds only the text not yet sent (at
 most once per interval, within the workspace's Tier 4 budget) and `chat.stopStream` adds the
-rest with the footer. Tool calls ride on the same calls as `task_update` chunks, each placed
-after the text written before it, so they cost no call of their own.
+rest with the footer. Tool calls go as `task_update` chunks on the same paced appends, each
+placed after the text written before it: with text waiting they add no call, and a state
+change alone waits for the next turn like text would.
 
 Slack ends a stream about 5 minutes after it starts (`message_not_in_streaming_state`); the
 sink then edits the same message with `chat.update` through the pacer, as `SlackEditSink`
@@ -41,7 +42,8 @@ STREAM_TEXT_LIMIT = 12_000
 pieces are measured in UTF-8 bytes, never fewer than characters."""
 
 TASK_TEXT_LIMIT = 256
-"""The most characters of a task card's `title`, `details` or `output`."""
+"""The most characters of a task card's `details` or `output` (Slack's SDK docs); titles are
+held to it too, as no limit of theirs is documented."""
 TASK_STATUS = {
     ToolState.RUNNING: "in_progress",
     ToolState.DONE: "complete",
@@ -106,7 +108,7 @@ class SlackStreamSink:
         self._started_at = 0.0
         self._last_append = 0.0
         self._failures = 0
-        self._wake = asyncio.Event()  # set while text waits to be appended
+        self._wake = asyncio.Event()  # set while text or tool states wait to be appended
         self._sender: asyncio.Task[None] | None = None
         self._calling = False  # the sender has a call in flight: do not cancel it then
         self._closing = False
@@ -276,7 +278,7 @@ class SlackStreamSink:
 
     def _sent_batch(self, batch: _Batch) -> None:
         self._sent = batch.end
-        del self._unsent_tasks[: batch.tasks]
+        del self._unsent_tasks[: batch.task_count]
 
     # -- editing (the fallback) ------------------------------------------------------------
 
@@ -354,12 +356,12 @@ class _Batch:
 
     args: dict[str, Any]  # `markdown_text` (None when there is none) or `chunks`
     end: int  # the answer is in the stream up to here once the call succeeds
-    tasks: int  # how many of the unsent tool states it carries (the first ones)
+    task_count: int  # how many of the unsent tool states it carries (the first ones)
     last: bool  # nothing remains after it
 
     @property
     def empty(self) -> bool:
-        return not self.tasks and not self.args.get("markdown_text")
+        return not self.task_count and not self.args.get("markdown_text")
 
 
 def task_chunk(task: ToolTask) -> dict[str, Any]:

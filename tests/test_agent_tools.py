@@ -201,6 +201,7 @@ class Researcher:
 
     url: str
     go_on: list[asyncio.Event] = field(default_factory=lambda: [asyncio.Event() for _ in range(3)])
+    thread: str = ""  # what read_thread returned
 
     def factory(self, agent: str, model_string: str) -> Model:
         steps = [
@@ -227,6 +228,7 @@ class Researcher:
                 yield {0: DeltaToolCall(name=name, json_args=json.dumps(args), tool_call_id=name)}
                 return
             page, thread, log = results
+            self.thread = thread
             yield "The page: " + " ".join(page.split())[:80] + "\n"
             yield "This thread: " + " ".join(thread.split()) + "\n"
             yield log
@@ -293,7 +295,8 @@ async def test_an_agent_compares_a_page_with_the_thread_using_every_kind_of_tool
     answer = reply().text if mode == "native" else answer_text(reply())
     assert "Launch plan Ship on Tuesday." in answer, "the page, as text"
     assert "We said we ship on Friday." in answer, "the thread"
-    assert "thinking" not in answer, "not the reply being written"
+    thread_authors = [line.split(":")[0] for line in model.thread.splitlines()]
+    assert thread_authors == ["U555", "U777", "U123"], "not the bot's reply being written"
     assert "launch moved to Wednesday" in answer, "the MCP server's tool"
     assert "🔧 fetch_url, read_thread, decisions" in all_text(reply()), "the tools used"
     if mode == "native":
