@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,11 +131,17 @@ async def start_bot(emulator: SlackEmulator, tmp_path: Path) -> AsyncIterator[Bo
     services: list[Service] = []
 
     async def start(
-        model: Model | None = None, *, config: AppConfig | None = None, **overrides: Any
+        model: Model | None = None,
+        *,
+        config: AppConfig | None = None,
+        service_options: Mapping[str, Any] | None = None,
+        **overrides: Any,
     ) -> Bot:
+        """A bot on the test's database file; `overrides` are settings (env names),
+        `service_options` go to `Service` (lease timings)."""
         settings = make_settings(emulator, tmp_path / "agentbot.db", **overrides)
         parts = await build_parts(settings, config or AppConfig(), model=model)
-        service = Service(parts)
+        service = Service(parts, **(service_options or {}))
         await service.start(host="127.0.0.1", port=0)
         services.append(service)
         return Bot(emulator=emulator, service=service)

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
-from bot.config import AppConfig
 from bot.models import RunKind, RunRecord, RunStatus, utcnow
 from bot.runner import LiveRuns
-from bot.server import INTERRUPTED_BY_RESTART, Service, build_parts
+from bot.server import INTERRUPTED_BY_RESTART
 from handlers.render import STOP_ACTION_ID
-from tests.conftest import Bot, BotFactory, make_settings
+from tests.conftest import Bot, BotFactory
 from tests.scripted import ScriptedModel
 from tests.test_ask import SIXTY_WORDS, all_text
 from tests.test_conversations import ask_first
@@ -174,20 +171,13 @@ FAST_LEASES = {"lease_stale_after": 1.0, "lease_renew_every": 0.1, "poll_interva
 
 
 @pytest.fixture
-async def start_fast_bot(emulator, tmp_path: Path) -> AsyncIterator[BotFactory]:
+def start_fast_bot(start_bot: BotFactory) -> BotFactory:
     """Like `start_bot` (one database file), with `FAST_LEASES`."""
-    services: list[Service] = []
 
     async def start(model) -> Bot:
-        settings = make_settings(emulator, tmp_path / "agentbot.db")
-        service = Service(await build_parts(settings, AppConfig(), model=model), **FAST_LEASES)
-        await service.start(host="127.0.0.1", port=0)
-        services.append(service)
-        return Bot(emulator=emulator, service=service)
+        return await start_bot(model, service_options=FAST_LEASES)
 
-    yield start
-    for service in services:
-        await service.stop(grace=0)
+    return start
 
 
 async def test_a_process_starting_up_leaves_the_others_live_runs_alone(start_fast_bot, emulator):
