@@ -239,6 +239,24 @@ async def test_tool_calls_ride_on_the_stream_as_task_cards_after_their_text(emul
     await pacer.close()
 
 
+async def test_after_a_fall_back_to_editing_tool_calls_are_status_lines(emulator):
+    pacer = make_pacer(emulator, interval=0.05)
+    sink = make_sink(emulator, pacer, max_stream_age=0.3)
+    run = make_run()
+    await sink.start(run)
+    message = emulator.message(CHANNEL, run.message_ts)
+    sink.progress("Fetching. ", with_tasks(2, fetching(ToolState.RUNNING)))
+    await emulator.wait_for(lambda: "call1" in message.tasks)
+    text = await feed_until(emulator, sink, lambda: message.edits > 0, text="Fetching. ")
+    # The stream grew too old: the message is edited now, tool calls as status lines.
+    sink.progress(text, Progress(2, 0.2, ("🔧 fetch_url example.com … running (0 s)",)))
+    await emulator.wait_for(lambda: "… running" in block_texts(message))
+    assert message.tasks == {}, "the edit replaced the streamed cards"
+    await sink.finish(ended(run, text + "Done."))
+    assert markdown_of(message).endswith("Done.") and message.tasks == {}
+    await pacer.close()
+
+
 async def test_a_tool_call_cut_short_by_the_end_of_the_run_is_shown_unfinished(emulator):
     pacer = make_pacer(emulator, interval=0.05)
     sink = make_sink(emulator, pacer)

@@ -179,6 +179,9 @@ class WebApi:
         text, blocks = _content(args)
         if blocks is not None:
             message.blocks = blocks
+            # New blocks replace what the message showed, a stream's task cards included
+            # (Slack does not document this case; it is how an edit replaces content).
+            message.tasks = {}
         message.edits += 1
         message.streaming = False
         message.set_text(message.text if text is None else text)
