@@ -66,6 +66,7 @@ class ToolActivity:
         self.records: list[ToolCallRecord] = []
         self._by_id: dict[str, ToolCallRecord] = {}
         self._clock = clock
+        self._tasks: tuple[ToolTask, ...] | None = ()  # None once a call changed
 
     def feed(self, event: object) -> bool:
         """Take one run event; True when it changed the activity (time to refresh)."""
@@ -81,6 +82,7 @@ class ToolActivity:
             )
             self.records.append(record)
             self._by_id[record.call_id] = record
+            self._tasks = None
             return True
         if isinstance(event, FunctionToolResultEvent):
             record = self._by_id.get(event.part.tool_call_id)
@@ -92,6 +94,7 @@ class ToolActivity:
             if not record.ok:
                 verb = "retried" if result.outcome == "retried" else "failed"
                 record.error = f"{verb}: {preview(str(result.content), 160)}"
+            self._tasks = None
             return True
         return False
 
@@ -107,7 +110,11 @@ class ToolActivity:
         return ([f"… {hidden} earlier tool calls"] if hidden else []) + shown
 
     def tasks(self) -> tuple[ToolTask, ...]:
-        return tuple(record.task() for record in self.records)
+        """The calls as task cards; the same tuple until a call starts or ends (the runner
+        asks on every token)."""
+        if self._tasks is None:
+            self._tasks = tuple(record.task() for record in self.records)
+        return self._tasks
 
     @property
     def total_s(self) -> float:

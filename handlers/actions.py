@@ -139,13 +139,13 @@ class LiveRunsPoller:
     async def _renew(self) -> None:
         """Renew the leases of every live run when due, those being stopped included (they
         may still be writing their end to Slack)."""
-        live = set(self._live.ids())
+        run_ids = self._live.ids()
         now = asyncio.get_running_loop().time()
         due = self._renewed_at is None or now - self._renewed_at >= self._renew_every
-        if not live or not due:
+        if not run_ids or not due:
             return
         try:
-            await self._store.renew_leases(sorted(live))
+            await self._store.renew_leases(sorted(run_ids))
         except Exception as exc:
             self._failed("renew run leases", exc)
             return

@@ -102,6 +102,7 @@ class SlackStreamSink:
         self._progress: Progress | None = None
         self._sent = 0  # characters of the answer already in the stream
         self._tasks: dict[str, ToolTask] = {}  # the latest state of each tool call seen
+        self._seen_tasks: tuple[ToolTask, ...] = ()  # `Progress.tasks` as last taken in
         self._unsent_tasks: list[tuple[int, ToolTask]] = []  # (place in the text, state)
         self._calls = 0
         self._live: LiveMessage | None = None
@@ -156,8 +157,10 @@ class SlackStreamSink:
     def progress(self, text: str, progress: Progress) -> None:
         self._text = text
         self._progress = progress
-        for task in progress.tasks:
-            self._note_task(task)
+        if progress.tasks is not self._seen_tasks:  # the same tuple until a call changes
+            self._seen_tasks = progress.tasks
+            for task in progress.tasks:
+                self._note_task(task)
         if self._mode is _Mode.STREAMING:
             if len(text) > self._sent or self._unsent_tasks:
                 self._wake.set()
