@@ -453,6 +453,8 @@ async def test_a_demo_question_about_the_time_calls_the_time_tool(start, fast_de
     assert "Europe/Paris" in run.output, "with the time zone the prompt named"
     [message] = emulator.messages("C123")
     assert "🔧 current_time" in all_text(message), "the footer shows the tool"
+    live = [json.dumps(call.args.get("blocks")) for call in emulator.calls_to("chat.update")]
+    assert any("current_time" in b and STOP_ACTION_ID in b for b in live), "and the live line"
 
 
 async def test_demo_compare_runs_two_demo_models_of_different_speeds(start, fast_demo):

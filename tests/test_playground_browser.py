@@ -266,12 +266,17 @@ async def test_slack_markup_renders_as_slack_shows_it(playground, page):
     await expect(answer.locator(".context").last).to_contain_text(" out tokens")
     await composer.fill("/history")
     await composer.press("Enter")
-    history = page.locator("#channel-messages .message.ephemeral").last
+    history = page.locator("#channel-messages .message.ephemeral", has_text="Latest 1 run")
     await expect(history).to_contain_text("Latest 1 run")
     await expect(history).to_contain_text("@you · #general · Today ")
-    listed = await history.inner_text()
-    for raw in ("<@", "<#", "<!", "&lt;", "&gt;", "&amp;", "{date", "{time"):
-        assert raw not in listed, raw
+    details = history.locator("button", has_text="Details")
+    await details.click()
+    detail = page.locator("#channel-messages .message.ephemeral").last
+    await expect(detail).to_contain_text("@you in #general Today ")
+    await expect(details).to_be_enabled()  # ready again once the bot answered, as in Slack
+    for shown in (await history.inner_text(), await detail.inner_text()):
+        for raw in ("<@", "<#", "<!", "&lt;", "&gt;", "&amp;", "{date", "{time"):
+            assert raw not in shown, raw
     assert errors == []
 
 

@@ -1098,6 +1098,11 @@
     try {
       const answer = await postJson("/playground/action", { action_id: actionId, value, message_ts: ts, channel });
       if (answer && answer.status !== 200) unmarkStopping(stopping);
+      if (!stopping.length) {
+        // As in Slack, a button is ready again once the app has answered the click.
+        node.disabled = false;
+        node.classList.remove("pending");
+      }
     } catch (error) {
       localNotice(`⚠️ The button did not work: ${error.message}`);
       unmarkStopping(stopping);
