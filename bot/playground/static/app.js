@@ -184,6 +184,7 @@
     if (!slack) {
       s = refs(s);
       s = s.replace(/\[([^\]\n]+)\]\(((?:https?:\/\/|mailto:)[^)\s]+)\)/g, (_, label, url) => keep(link(url, esc(label))));
+      s = unslack(s); // as Slack shows them: &lt;!here&gt; is text, read after the markup
     }
     s = s.replace(/\b(?:https?:\/\/)[^\s<>"'`\u0000]+/g, (url) => {
       const trail = url.match(/[.,;:!?)\]]+$/);
