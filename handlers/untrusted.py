@@ -13,8 +13,9 @@ safe on its own, however it was cut):
   escapes. `*bold*`, `_italic_` and code are untouched.
 - `markdown(text)` for Markdown (`markdown` blocks, `markdown_text`): every `<` outside code,
   and in code a `<` that opens a Slack reference, becomes `&lt;`; an `&` that would read as an
-  entity becomes `&amp;`; a link whose label names another address shows its real target.
-  `>` quotes, emphasis, lists, code and ordinary links keep working.
+  entity becomes `&amp;`; a link whose label names another address is broken up into text,
+  `[label] (target)`, which shows its real target. `>` quotes, emphasis, lists, code and
+  ordinary links keep working.
 
 User mentions (`<@U…>`) are escaped too: a fetched page could have the model ping anyone whose
 ID it read in a thread, and the bot's own heading already names the person who asked.
@@ -26,8 +27,9 @@ set (we never set it), but nothing documents how `markdown` blocks treat them.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 WORD_JOINER = "\u2060"
@@ -39,18 +41,22 @@ _SLACK_REF_IN_CODE = re.compile(
     re.IGNORECASE,
 )
 _AUTOLINK = re.compile(r"<((?:https?|mailto):[^\s<>()\[\]|]+)>", re.IGNORECASE)
-_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})")
+_FENCE = re.compile(r"[ \t]*(`{3,}|~{3,})")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _BACKTICKS = re.compile(r"`+")
-_REFERENCE_DEFINITION = re.compile(r"^( {0,3}\[[^\]\n]+\]):", re.MULTILINE)
-_LINK_CLOSE = re.compile(r"(?<!\\)\]\(")
+_REFERENCE_DEFINITION = re.compile(r"^( {0,3}\[(?:\\.|[^\]\\])*\]):", re.MULTILINE)
+_LINK_SYNTAX = re.compile(r"\\[\s\S]|[\[\]()]|\n[ \t]*\n")
 _ADDRESS = re.compile(
-    r"(?:[a-z][a-z0-9+.-]*://)?(?:[a-z0-9-]+\.)+[a-z]{2,}(?::\d+)?(?:[/?#][^\s)\]>]*)?",
+    r"(?<![\w.@-])(?:[a-z][a-z0-9+.-]*://)?(?:[a-z0-9-]+\.)+[a-z]{2,}(?::\d+)?"
+    r"(?:[/?#][^\s)\]>]*)?",
     re.IGNORECASE,
 )
 _OPEN_TOKEN = re.compile(r"(?:<[^\s<>]*|&#?\w*|@\w*)\Z")
-MAX_LABEL = 2000
-"""How far back a link's `[` is looked for; a `](` whose `[` is further is broken up."""
+MAX_LABEL = 500
+"""The longest link label or target judged; a longer link is broken up (shown as text)."""
+
+Region = tuple[int, int, bool]
+"""(start, end, is_code) of a piece of Markdown."""
 
 
 def mrkdwn(text: str) -> str:
@@ -61,29 +67,29 @@ def mrkdwn(text: str) -> str:
 
 def markdown(text: str) -> str:
     """`text` as Markdown that pings nobody and shows where each disguised link goes."""
-    text = _unmask_links(text)
-    out: list[str] = []
-    for start, end, code in _regions(text):
-        part = text[start:end]
-        out.append(_code(part) if code else _prose(part))
+    text = _break_misleading_links(text)
+    out = [
+        _code(text[start:end]) if code else _prose(text[start:end])
+        for start, end, code in _Scan(text).regions
+    ]
     return _neutral_words("".join(out))
 
 
 def stable_end(text: str) -> int:
     """How much of `text`, a Markdown answer still growing, `markdown` can escape now: the
-    escape of `text[:stable_end(text)]` starts every later escape of `text` + more.
+    escape of `text[:stable_end(text)]` begins every later escape of `text` + more.
 
-    Held back: an open link (`[` not yet followed by a complete `](…)` or by something else),
-    an unclosed code span, and a `<`, `&` or `@` word still being written. Nothing is held
-    across a blank line, as none of these spans paragraphs.
+    Held back: a link target not closed yet (`[label](https://…`), a run of backticks not
+    closed yet (a code span or fence being written), and a `<…`, `&…` or `@…` being written.
     """
-    paragraph = max((m.end() for m in _BLANK_LINE.finditer(text)), default=0)
-    end = len(text)
-    tail = text[paragraph:]
-    for hold in (_open_link(tail), _open_code_span(text, paragraph), _open_token(tail)):
-        if hold is not None:
-            end = min(end, paragraph + hold)
-    return end
+    scan = _Scan(text)
+    holds = [len(text), *scan.open_backticks]
+    for pairs in (_Pairs(text), _Pairs(text, code=scan.code)):
+        holds += [at for at in pairs.open_parens if text.startswith("](", at - 1)]
+    token = _OPEN_TOKEN.search(text, scan.last_paragraph)
+    if token:
+        holds.append(token.start())
+    return min(holds)
 
 
 def fit(text: str, limit: int, escape: Callable[[str], str], *, cut: str = "…") -> str:
@@ -97,7 +103,7 @@ def fit(text: str, limit: int, escape: Callable[[str], str], *, cut: str = "…"
     return safe if len(safe) <= limit else ""
 
 
-# -- pieces ------------------------------------------------------------------------------
+# -- pieces --------------------------------------------------------------------------------
 
 
 def _neutral_words(text: str) -> str:
@@ -105,6 +111,8 @@ def _neutral_words(text: str) -> str:
 
 
 def _prose(text: str) -> str:
+    if "<" not in text and "&" not in text:
+        return text
     text = _ENTITY_LIKE.sub("&amp;", text)
     pieces = []
     at = 0
@@ -118,133 +126,144 @@ def _prose(text: str) -> str:
 
 def _code(text: str) -> str:
     # Shown as written (Markdown decodes no entity in code), except what Slack would parse.
-    return _SLACK_REF_IN_CODE.sub("&lt;", text)
+    return _SLACK_REF_IN_CODE.sub("&lt;", text) if "<" in text else text
 
 
-def _regions(text: str) -> list[tuple[int, int, bool]]:
-    """`text` cut into (start, end, is_code): fenced blocks and inline code spans."""
-    regions: list[tuple[int, int, bool]] = []
-    prose_from = 0
-    fence: str | None = None
-    fence_from = 0
-    at = 0
-    for line in text.splitlines(keepends=True):
-        opener = _FENCE.match(line)
-        if fence is None and opener:
-            regions += _spans(text, prose_from, at)
-            fence, fence_from = opener[1], at
-        elif fence is not None and opener and opener[1][0] == fence[0]:
-            if len(opener[1]) >= len(fence) and not line[opener.end() :].strip():
-                regions.append((fence_from, at + len(line), True))
-                fence, prose_from = None, at + len(line)
-        at += len(line)
-    if fence is not None:
-        regions.append((fence_from, len(text), True))  # still open: code to the end
-    else:
-        regions += _spans(text, prose_from, len(text))
-    return [r for r in regions if r[0] < r[1]]
+class _Scan:
+    """Where the code is in Markdown: fenced blocks (an open one runs to the end) and inline
+    code spans (a run of backticks up to the next run of the same length in its paragraph)."""
+
+    def __init__(self, text: str) -> None:
+        self.regions: list[Region] = []
+        self.open_backticks: list[int] = []  # runs that nothing closes (yet)
+        self.last_paragraph = 0
+        for blank in _BLANK_LINE.finditer(text):
+            self.last_paragraph = blank.end()
+        prose_from, fence, fence_from, at = 0, "", 0, 0
+        for line in text.splitlines(keepends=True):
+            opener = _FENCE.match(line)
+            if not fence and opener:
+                self._inline(text, prose_from, at)
+                fence, fence_from = opener[1], at
+            elif fence and opener and opener[1][0] == fence[0] and len(opener[1]) >= len(fence):
+                if not line[opener.end() :].strip():
+                    self.regions.append((fence_from, at + len(line), True))
+                    fence, prose_from = "", at + len(line)
+            at += len(line)
+        if fence:
+            self.regions.append((fence_from, len(text), True))
+        else:
+            self._inline(text, prose_from, len(text))
+        self.regions = [r for r in self.regions if r[0] < r[1]]
+
+    @property
+    def code(self) -> list[Region]:
+        return [r for r in self.regions if r[2]]
+
+    def _inline(self, text: str, start: int, end: int) -> None:
+        prose_from = start
+        for paragraph_start, paragraph_end in _paragraphs(text, start, end):
+            runs = list(_BACKTICKS.finditer(text, paragraph_start, paragraph_end))
+            following: dict[int, int] = {}  # run → the next run of the same length
+            latest: dict[int, int] = {}
+            for index in range(len(runs) - 1, -1, -1):
+                size = len(runs[index][0])
+                if size in latest:
+                    following[index] = latest[size]
+                latest[size] = index
+            index = 0
+            while index < len(runs):
+                closer = following.get(index)
+                if closer is None:
+                    if paragraph_end == len(text):
+                        self.open_backticks.append(runs[index].start())
+                    index += 1
+                    continue
+                self.regions.append((prose_from, runs[index].start(), False))
+                self.regions.append((runs[index].start(), runs[closer].end(), True))
+                prose_from = runs[closer].end()
+                index = closer + 1
+        self.regions.append((prose_from, end, False))
 
 
-def _spans(text: str, start: int, end: int) -> list[tuple[int, int, bool]]:
-    """Prose between `start` and `end`, with its inline code spans (a run of backticks up to
-    the next run of the same length, within a paragraph)."""
-    regions: list[tuple[int, int, bool]] = []
-    prose_from = at = start
-    while (run := _BACKTICKS.search(text, at, end)) is not None:
-        closer = _closing_run(text, run.end(), end, len(run[0]))
-        if closer is None:
-            at = run.end()  # literal backticks
-            continue
-        regions.append((prose_from, run.start(), False))
-        regions.append((run.start(), closer, True))
-        prose_from = at = closer
-    regions.append((prose_from, end, False))
-    return regions
-
-
-def _closing_run(text: str, start: int, end: int, size: int) -> int | None:
-    blank = _BLANK_LINE.search(text, start, end)
-    stop = blank.start() if blank else end
-    for run in _BACKTICKS.finditer(text, start, stop):
-        if len(run[0]) == size:
-            return run.end()
-    return None
+def _paragraphs(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    cuts = [start, *(m.end() for m in _BLANK_LINE.finditer(text, start, end)), end]
+    return list(itertools.pairwise(cuts))
 
 
 # -- links ---------------------------------------------------------------------------------
 
 
-def _unmask_links(text: str) -> str:
-    """Every link whose label names an address other than its target becomes
-    `label (target)`, so that each address shown is where it leads; reference definitions
-    (`[1]: https://…`) are broken up, so no label can point to one."""
+class _Pairs:
+    """Which `[` each `]` closes and which `)` each `(` opens, paragraph by paragraph (the
+    balanced reading Markdown uses for link labels and targets), ignoring what is in `code`."""
+
+    def __init__(self, text: str, *, code: Sequence[Region] = ()) -> None:
+        self.brackets: dict[int, int | None] = {}  # `]` → its `[` (None: it has none)
+        self.parens: dict[int, int] = {}  # `(` → its `)`
+        squares: list[int] = []
+        rounds: list[int] = []
+        skip = iter(code)
+        region = next(skip, None)
+        for found in _LINK_SYNTAX.finditer(text):
+            at, token = found.start(), found[0]
+            while region is not None and region[1] <= at:
+                region = next(skip, None)
+            if (region is not None and region[0] <= at) or token[0] == "\\":
+                continue
+            if token == "[":
+                squares.append(at)
+            elif token == "]":
+                self.brackets[at] = squares.pop() if squares else None
+            elif token == "(":
+                rounds.append(at)
+            elif token == ")":
+                if rounds:
+                    self.parens[rounds.pop()] = at
+            else:  # a blank line: no link spans paragraphs
+                squares.clear()
+                rounds.clear()
+        self.open_parens = rounds  # in the last paragraph, not closed (yet)
+
+
+def _break_misleading_links(text: str) -> str:
+    """A link whose label names an address its target is not at is broken up into text,
+    `[label] (target)`, so that the target shows; so is a link too long to judge, a `](`
+    without its `[`, and every reference definition (`[1]: https://…`), so that no label can
+    point to a hidden one. The code is read both as code and as text, so that no difference
+    between this reading and Slack's can hide a link."""
     text = _REFERENCE_DEFINITION.sub(r"\1 :", text)
-    edits: list[tuple[int, int, str]] = []  # (start, end, replacement)
-    for close in _LINK_CLOSE.finditer(text):
-        opener = _link_opener(text, close.start())
-        target = _link_target(text, close.end()) if opener != _FAR else ""
-        if opener == _FAR or target == _FAR:
-            edits.append((close.start(), close.end(), "] ("))  # too long to judge: no link
-        elif opener is not None and target is not None:
-            if _misleads(text[opener + 1 : close.start()], target):
-                edits.append((opener, opener + 1, ""))
-                edits.append((close.start(), close.end(), " ("))
-    for start, end, replacement in sorted(edits, reverse=True):
-        text = text[:start] + replacement + text[end:]
-    return text
-
-
-_FAR = -1
-"""A link part longer than `MAX_LABEL`: the link is broken up rather than judged."""
-
-
-def _link_opener(text: str, close: int) -> int | None:
-    """Where the `[` of the label that ends at `close` is: None when the paragraph has none,
-    `_FAR` when it is further than `MAX_LABEL`."""
-    depth = 0
-    paragraph = _paragraph_start(text, close)
-    floor = max(paragraph, close - MAX_LABEL)
-    for at in range(close - 1, floor - 1, -1):
-        char = text[at]
-        if char not in "[]" or (at > 0 and text[at - 1] == "\\"):
-            continue
-        if char == "]":
-            depth += 1
-        elif depth:
-            depth -= 1
-        else:
-            return at
-    return None if floor == paragraph else _FAR
-
-
-def _link_target(text: str, start: int) -> str | int | None:
-    """The destination of a link whose `(` ends at `start`: None when the paragraph ends
-    first, `_FAR` when it is longer than `MAX_LABEL`."""
-    depth = 0
-    blank = _BLANK_LINE.search(text, start, start + MAX_LABEL + 2)
-    stop = blank.start() if blank else min(len(text), start + MAX_LABEL)
-    for at in range(start, stop):
-        char = text[at]
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            if not depth:
-                inside = text[start:at].split()
-                return inside[0].strip("<>") if inside else ""
-            depth -= 1
-    return _FAR if stop == start + MAX_LABEL else None
-
-
-def _paragraph_start(text: str, at: int) -> int:
-    floor = max(0, at - MAX_LABEL - 2)
-    blanks = list(_BLANK_LINE.finditer(text, floor, at))
-    return blanks[-1].end() if blanks else 0 if floor == 0 else floor
+    if "](" not in text:
+        return text
+    broken: set[int] = set()  # positions of `]` to part from their `(`
+    for pairs in (_Pairs(text), _Pairs(text, code=_Scan(text).code)):
+        for close, opener in pairs.brackets.items():
+            if not text.startswith("(", close + 1):
+                continue
+            end = pairs.parens.get(close + 1)
+            if opener is None:
+                broken.add(close)
+            elif end is None:
+                continue  # not a link: its target never closes
+            elif close - opener > MAX_LABEL or end - close > MAX_LABEL:
+                broken.add(close)
+            elif _misleads(text[opener + 1 : close], text[close + 2 : end]):
+                broken.add(close)
+    if not broken:
+        return text
+    pieces, at = [], 0
+    for close in sorted(broken):
+        pieces.append(text[at : close + 1])
+        at = close + 1
+    pieces.append(text[at:])
+    return " ".join(pieces)
 
 
 def _misleads(label: str, target: str) -> bool:
     """True when the label names an address that the target is not at."""
     plain = re.sub(r"[`*_~\\]", "", label)
-    target_host, target_rest = _host_and_rest(target)
+    words = target.split()
+    target_host, target_rest = _host_and_rest(words[0].strip("<>") if words else "")
     for found in _ADDRESS.finditer(plain):
         host, rest = _host_and_rest(found[0])
         if host is None:
@@ -277,48 +296,3 @@ def _within(target_rest: str, shown_rest: str) -> bool:
     if not target_rest.startswith(shown_rest):
         return False
     return len(target_rest) == len(shown_rest) or target_rest[len(shown_rest)] in "/?#"
-
-
-# -- streaming -----------------------------------------------------------------------------
-
-
-def _open_link(paragraph: str) -> int | None:
-    """Where the earliest link that may still change begins, in the paragraph being written:
-    a `[` not closed yet, or closed at the very end, or followed by a `(…` not closed yet."""
-    openers: list[int] = []
-    earliest: int | None = None
-    at = 0
-    while at < len(paragraph):
-        char = paragraph[at]
-        if char == "\\":
-            at += 2
-            continue
-        if char == "[":
-            openers.append(at)
-        elif char == "]" and openers:
-            opener = openers.pop()
-            rest = paragraph[at + 1 : at + 2]
-            if not rest or (rest == "(" and _link_target(paragraph, at + 2) is None):
-                earliest = opener if earliest is None else min(earliest, opener)
-        at += 1
-    if openers:
-        earliest = openers[0] if earliest is None else min(earliest, openers[0])
-    return earliest
-
-
-def _open_code_span(text: str, paragraph: int) -> int | None:
-    """Where a run of backticks begins that no run of the same length closes yet (outside
-    fenced code): an inline code span, or a fence, still being written."""
-    for start, end, code in _regions(text):
-        if code or end <= paragraph:
-            continue
-        for run in _BACKTICKS.finditer(text, max(start, paragraph), end):
-            if _closing_run(text, run.end(), len(text), len(run[0])) is None:
-                return run.start()
-    return None
-
-
-def _open_token(paragraph: str) -> int | None:
-    """Where a `<…`, `&…` or `@…` still being written begins."""
-    found = _OPEN_TOKEN.search(paragraph)
-    return found.start() if found else None

@@ -110,27 +110,37 @@ def test_a_labelled_slack_link_shows_its_real_target():
     [
         (
             "[https://sso.company.example](https://evil.example)",
-            "https://sso.company.example (https://evil.example)",
+            "[https://sso.company.example] (https://evil.example)",
         ),
         (
             "[sso.company.example](https://evil.example/x)",
-            "sso.company.example (https://evil.example/x)",
+            "[sso.company.example] (https://evil.example/x)",
         ),
         (
             "[company.example](https://company.example.evil.example)",
-            "company.example (https://company.example.evil.example)",
+            "[company.example] (https://company.example.evil.example)",
         ),
-        ("[`https://a.example`](https://b.example)", "`https://a.example` (https://b.example)"),
+        ("[`https://a.example`](https://b.example)", "[`https://a.example`] (https://b.example)"),
+        (
+            "[**a.example**](<https://b.example>)",
+            "[**a.example**] ([https://b.example](https://b.example))",
+        ),
         (
             "[github.com/us/repo](https://github.com/them/repo)",
-            "github.com/us/repo (https://github.com/them/repo)",
+            "[github.com/us/repo] (https://github.com/them/repo)",
         ),
-        ("![https://a.example](https://b.example)", "!https://a.example (https://b.example)"),
+        ("![https://a.example](https://b.example)", "![https://a.example] (https://b.example)"),
         (
             "[[https://a.example](https://b.example)](https://c.example)",
-            "https://a.example (https://b.example) (https://c.example)",
+            "[[https://a.example] (https://b.example)] (https://c.example)",
+        ),
+        # Code binds tighter than brackets: this label is "https://a.example `[` ".
+        (
+            "[https://a.example `[` ](https://b.example)",
+            "[https://a.example `[` ] (https://b.example)",
         ),
         ("see [1]\n\n[1]: https://evil.example", "see [1]\n\n[1] : https://evil.example"),
+        ("[a\\]b]: https://evil.example", "[a\\]b] : https://evil.example"),
     ],
 )
 def test_a_markdown_link_whose_label_names_another_address_shows_its_target(text, shown):
@@ -154,9 +164,31 @@ def test_an_honest_link_stays_a_link(text):
 
 
 def test_a_link_too_long_to_judge_is_broken_up():
-    label = "https://sso.company.example " + "x" * untrusted.MAX_LABEL
+    label = "x" * untrusted.MAX_LABEL + " https://sso.company.example"
     shown = untrusted.markdown(f"[{label}](https://evil.example)")
-    assert "](" not in shown and "https://evil.example" in shown
+    assert shown == f"[{label}] (https://evil.example)"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "](" * 50_000,
+        "[" * 50_000 + "](x)" * 50_000,
+        "[a](" * 25_000,
+        "` " * 50_000,
+        "`` ` " * 20_000,
+        "a" * 100_000,
+        "[" + "a." * 50_000 + "](x)",
+    ],
+)
+def test_hostile_text_is_escaped_in_linear_time(text):
+    import time
+
+    started = time.process_time()
+    untrusted.markdown(text)
+    untrusted.stable_end(text)
+    # Generous for a loaded machine; a quadratic escape of 100 KB takes minutes.
+    assert time.process_time() - started < 5
 
 
 # -- ordinary Markdown keeps working -------------------------------------------------------
@@ -241,10 +273,17 @@ def test_the_stable_part_of_a_growing_answer_escapes_to_a_beginning_of_the_whole
 def test_stable_end_holds_back_only_what_may_change():
     ending = "All good. "
     assert untrusted.stable_end(ending) == len(ending)
-    for held in ("[https://sso.example", "[https://sso.example](https://ev", "`a <", "&am", "@her"):
-        assert untrusted.stable_end(ending + held) == len(ending), held
-    assert untrusted.stable_end("[x](https://a.example) done") == len("[x](https://a.example) done")
-    assert untrusted.stable_end("a [note\n\nnext") == len("a [note\n\nnext")
+    for held, kept in [
+        ("[https://sso.example](https://ev", "[https://sso.example]"),  # the target decides
+        ("`a <", ""),  # code or not decides
+        ("&am", ""),
+        ("@her", ""),
+        ("<https://a.example", ""),
+        ("[https://sso.example", "[https://sso.example"),  # a label alone is shown as is
+    ]:
+        assert untrusted.stable_end(ending + held) == len(ending + kept), held
+    done = "[x](https://a.example) done `code`"
+    assert untrusted.stable_end(done) == len(done)
 
 
 @settings(max_examples=200, deadline=None)
