@@ -10,6 +10,7 @@ import pytest
 
 from bot.models import RunKind, RunStatus
 from bot.playground.emulator import SlackEmulator
+from handlers import untrusted
 from tests.test_ask import all_text, answer_text
 from tests.test_team import Crew
 from tests.test_untrusted_text import unsafe
@@ -38,15 +39,17 @@ def chunks(text: str, size: int = 7) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def assert_nothing_pings(emulator: SlackEmulator, *, asker: str = "U123") -> None:
+def assert_nothing_pings(
+    emulator: SlackEmulator, *, asker: str = "U123", channel: str = "C123"
+) -> None:
     """No write the bot made, and no message Slack holds, could ping or hide a target."""
     writes = [c for c in emulator.calls if c.method in WRITES]
     assert writes
     for call in writes:
         sent = json.dumps(call.args, ensure_ascii=False).replace(f"<@{asker}>", "")
         assert not unsafe(sent), (call.method, unsafe(sent))
-    for message in emulator.messages("C123"):
-        for shown in [message, *emulator.thread("C123", message.ts)]:
+    for message in emulator.messages(channel):
+        for shown in [message, *emulator.thread(channel, message.ts)]:
             held = json.dumps([shown.text, shown.blocks], ensure_ascii=False)
             assert not unsafe(held.replace(f"<@{asker}>", "")), unsafe(held)
 
@@ -112,3 +115,62 @@ async def test_a_team_childs_answer_and_the_board_ping_nobody(start_bot, emulato
     board = all_text(emulator.messages("C123")[0])
     assert "Find &lt;!channel&gt; facts" in board
     assert_nothing_pings(emulator)
+
+
+# -- the native stream, call by call ---------------------------------------------------------
+
+
+async def test_a_native_stream_appends_exactly_the_escaped_answer(emulator):
+    """Fed a few characters at a time, the stream carries the escape of the answer, each
+    piece once: no append ever holds half an escape or a link it must take back."""
+    from tests.test_stream_sink import ended, make_pacer, make_run, make_sink, progress, streamed
+
+    pacer = make_pacer(emulator, interval=0.02)
+    sink = make_sink(emulator, pacer)
+    run = make_run()
+    await sink.start(run)
+    answer = ATTACK * 3 + "```\nif a < b: print('<!here>')\n```\nDone."
+    for i in range(0, len(answer), 5):
+        sink.progress(answer[: i + 5], progress(i))
+        if i % 100 == 0:  # let appends happen mid-answer
+            seen = len(emulator.calls)
+            await emulator.wait_for(lambda seen=seen: len(emulator.calls) > seen, timeout=5)
+    await sink.finish(ended(run, answer))
+
+    assert len(emulator.calls_to("chat.appendStream")) >= 3
+    assert streamed(emulator) == untrusted.markdown(answer)
+    assert emulator.message("C1", run.message_ts).text == untrusted.markdown(answer)
+    assert not emulator.calls_to("chat.update"), "no fall back was needed"
+    assert_nothing_pings(emulator, channel="C1")
+    await pacer.close()
+
+
+async def test_a_stream_whose_escape_changes_is_edited_instead(emulator, monkeypatch):
+    """The safety net: should the escape of the answer ever stop extending what the stream
+    already shows, the message is edited whole, and still pings nobody."""
+    from tests.test_stream_sink import (
+        ended,
+        make_pacer,
+        make_run,
+        make_sink,
+        markdown_of,
+        progress,
+    )
+
+    monkeypatch.setattr(untrusted, "stable_end", len)  # hold nothing back: a broken promise
+    pacer = make_pacer(emulator, interval=0.02)
+    sink = make_sink(emulator, pacer)
+    run = make_run()
+    await sink.start(run)
+    sink.progress("See [https://sso.company.example](https://ev", progress(1))
+    await emulator.wait_for(lambda: emulator.calls_to("chat.appendStream"), timeout=5)
+    answer = "See [https://sso.company.example](https://evil.example) <!channel>"
+    sink.progress(answer, progress(2))
+    await emulator.wait_for(lambda: emulator.calls_to("chat.update"), timeout=5)
+    await sink.finish(ended(run, answer))
+
+    message = emulator.message("C1", run.message_ts)
+    assert markdown_of(message) == untrusted.markdown(answer)
+    assert shows_real_target(markdown_of(message)) and not message.streaming
+    assert_nothing_pings(emulator, channel="C1")
+    await pacer.close()

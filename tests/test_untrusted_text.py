@@ -368,3 +368,26 @@ def test_the_bots_own_mentions_stay_mentions():
     [message] = render.final_messages(run)
     assert "<@U1> asked" in str(message.blocks)  # who asked
     assert "Stopped by <@U9>" in str(message.blocks)  # who stopped it
+
+
+def test_history_shows_prompts_and_outputs_without_pinging():
+    from datetime import UTC, datetime
+
+    from handlers import admin_render
+
+    run = attacked_run(
+        prompt="ask <!here> and @channel",
+        output="@everyone look: <!channel> " + DISGUISED,
+        agent="<!here>",
+        command="/ask",
+        channel_id="C1",
+        created_at=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+    shown = [
+        admin_render.run_list([run], described=[], more=None, continued=False),
+        admin_render.run_detail(run, [run]),
+    ]
+    for message in shown:
+        text = str(message.blocks).replace("<@U1>", "").replace("<#C1>", "")
+        assert not unsafe(text) and not unsafe(message.text)
+    assert "evil.example" in str(shown[1].blocks)
