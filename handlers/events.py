@@ -23,6 +23,7 @@ from slack_bolt.response import BoltResponse
 from bot.models import RunKind, RunQuery, RunRecord
 from bot.team import policy_for
 from handlers.commands import check_prompt, record_refusal
+from handlers.incoming import clean_request_text
 from handlers.sinks import SlackEditSink
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class SeenEvents:
 
 
 def register(app: AsyncApp, deps: BotDeps) -> None:
+    # First of all middleware: user text is cleaned once, here, for every listener.
+    app.middleware(clean_request_text)
     seen = SeenEvents()
 
     @app.middleware

@@ -2,17 +2,21 @@
 
 Over HTTP, a request's signature is checked on its raw bytes before anything parses the
 body: an unsigned request is refused (401) whatever it holds, and a signed one that cannot
-be parsed is refused as malformed (400).
+be parsed is refused as malformed (400). On both transports (HTTP and Socket Mode), every
+string of a request's body is cleaned once (NUL, lone surrogates) before listeners read it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
+
+from bot.text import clean_strings
 
 
 class Rejected(Exception):
@@ -76,3 +80,14 @@ def bolt_request(
     if not isinstance(request.body, dict):
         raise Rejected(400, "signed, but the body is not a JSON object")
     return request
+
+
+async def clean_request_text(
+    req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[None]]
+) -> BoltResponse:
+    """Bolt middleware: clean every string of the request's body (slash command text, event
+    text, actions, `/history` filters) before any listener reads it, so that a NUL or a lone
+    surrogate from a user fails neither a database write nor an encoder later on."""
+    clean_strings(req.body)
+    await next()
+    return resp

@@ -7,12 +7,23 @@ import hashlib
 import hmac
 import logging
 import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import SIGNING_SECRET
+from bot.config import AppConfig
+from bot.models import RunKind, RunQuery, RunRecord, RunStatus
+from bot.server import Service, build_parts
+from storage.db import upgrade
+from storage.repository import SqlRunStore
+from tests.conftest import SIGNING_SECRET, make_settings, wait_until
+from tests.databases import PG_DSN, postgres_engine, sqlite_engine
 from tests.scripted import ScriptedModel
+from tests.test_ask import answer_text
+from tests.test_conversations import ask_first, turns
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -134,3 +145,131 @@ async def test_a_signed_request_after_junk_is_still_answered(start_bot, emulator
     assert status == 200
     [run] = await bot.wait_for_run()
     assert run.output == "still here"
+
+
+# -- Odd characters: cleaned once where they come in, and the run goes on ----------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_unreachable: str | None
+) -> AsyncIterator[str]:
+    """The bot's database: a SQLite file, or a PostgreSQL database of the test's own."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'odd.db'}"
+        return
+    if postgres_unreachable:
+        pytest.skip(postgres_unreachable)
+    import asyncpg
+
+    name = f"agentbot_t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(PG_DSN, timeout=5)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+LONE_SURROGATE = "\ud800"  # JSON can carry it ("\\ud800"); no UTF-8 encoder accepts it
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_the_store_writes_odd_text_cleaned(tmp_path, postgres_unreachable, backend):
+    odd = f"a\x00b {LONE_SURROGATE} \ud83d\ude00"  # a NUL, a lone and a split pair
+    opened = sqlite_engine(tmp_path / "s.db") if backend == "sqlite" else None
+    async with opened or postgres_engine(postgres_unreachable) as engine:
+        await upgrade(engine)
+        store = SqlRunStore(engine)
+        run = RunRecord(kind=RunKind.ASK, prompt=odd, command=odd)
+        await store.create(run)
+        run.output, run.error, run.status = odd, odd, RunStatus.FAILED
+        await store.save(run)
+        stored = await store.get(run.id)
+    clean = "ab \ufffd \U0001f600"
+    assert (stored.prompt, stored.command, stored.output, stored.error) == (clean,) * 4
+
+
+async def test_a_nul_in_a_slash_command_is_answered_and_recorded(start_bot, emulator, database_url):
+    script = ScriptedModel.words("answered")
+    bot = await start_bot(script.model(), AGENTBOT_DATABASE_URL=database_url)
+    status, _, _ = await bot.command("what\x00 is this?")  # sent as %00
+    assert status == 200
+    [run] = await bot.wait_for_run()
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.prompt == "what is this?" and run.output == "answered"
+    assert turns(script.calls[0]) == [("user", "what is this?")]
+
+
+async def test_a_lone_surrogate_in_a_mention_is_answered_and_recorded(
+    start_bot, emulator, database_url
+):
+    script = ScriptedModel.words("answered")
+    bot = await start_bot(script.model(), AGENTBOT_DATABASE_URL=database_url)
+    said = emulator.post_user_message("C123", "U123", f"<@UBOT> odd {LONE_SURROGATE} text\x00")
+    event = emulator.message_event(said, mention=True)
+    delivery = await emulator.send_event(bot.url, event)  # JSON: "\\ud800" and "\\u0000"
+    assert delivery.status == 200
+    [run] = await bot.wait_for_run(kind=RunKind.MENTION)
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.prompt == "odd \ufffd text" and run.output == "answered"
+    assert turns(script.calls[0]) == [("user", "odd \ufffd text")]
+
+
+async def test_odd_characters_in_a_thread_follow_up_keep_the_conversation(
+    start_bot, emulator, database_url
+):
+    script = ScriptedModel.words("Paris")
+    bot = await start_bot(script.model(), AGENTBOT_DATABASE_URL=database_url)
+    answer_ts = await ask_first(bot, emulator, script)
+    reply = emulator.post_user_message(
+        "C123", "U123", f"and\x00 Italy {LONE_SURROGATE}?", thread_ts=answer_ts
+    )
+    await emulator.send_event(bot.url, emulator.message_event(reply))
+    [followup] = await bot.wait_for_run(kind=RunKind.FOLLOWUP)
+    assert followup.status is RunStatus.SUCCEEDED, followup.error
+    assert followup.prompt == "and Italy \ufffd?"
+    assert turns(script.calls[1])[-1] == ("user", "and Italy \ufffd?")
+
+
+async def test_a_nul_in_the_models_output_is_saved_and_the_run_succeeds(
+    start_bot, emulator, database_url
+):
+    script = ScriptedModel(["a NUL\x00 ", "in the\x00 middle"])
+    bot = await start_bot(script.model(), AGENTBOT_DATABASE_URL=database_url)
+    await bot.command("hello")
+    [run] = await bot.wait_for_run()
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.output == "a NUL in the middle"
+    stored = await bot.store.get(run.id)
+    assert stored.output == "a NUL in the middle" and stored.messages_json
+
+
+async def test_a_lone_surrogate_in_a_slash_command_over_socket_mode_is_answered(emulator, tmp_path):
+    # Over Socket Mode a slash command is JSON, so it can carry a lone surrogate.
+    script = ScriptedModel.words("answered over the socket")
+    settings = make_settings(
+        emulator, tmp_path / "s.db", SLACK_SIGNING_SECRET=None, SLACK_APP_TOKEN="xapp-emulator"
+    )
+    service = Service(await build_parts(settings, AppConfig(), model=script.model()))
+    await service.start(host="127.0.0.1", port=0, socket_mode=True)
+    try:
+        await emulator.socket_connected()
+        await emulator.send_slash_command(None, "/ask", f"odd {LONE_SURROGATE}\x00 text")
+        runs = []
+
+        async def finished() -> bool:
+            nonlocal runs
+            runs = await service.parts.store.query(RunQuery())
+            return bool(runs) and runs[0].status.is_final and not len(service.parts.background)
+
+        await wait_until(finished, emulator)
+        [run] = runs
+        assert run.status is RunStatus.SUCCEEDED, run.error
+        assert run.prompt == "odd \ufffd text"
+        assert answer_text(emulator.messages("C123")[0]) == "answered over the socket"
+    finally:
+        await service.stop(grace=0)
