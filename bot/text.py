@@ -13,6 +13,16 @@ def cap(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def cut_marked(text: str, limit: int) -> str:
+    """`text` when it has at most `limit` characters; else its start followed by a note
+    that it was cut and how long it was, `limit` characters in all (longer only when
+    `limit` cannot hold the note)."""
+    if len(text) <= limit:
+        return text
+    note = f"… [cut: {len(text):,} characters in all]"
+    return text[: max(0, limit - len(note))] + note
+
+
 def preview(text: str, limit: int) -> str:
     """`text` on one line, cut to `limit` characters."""
     return cap(one_line(text), limit)

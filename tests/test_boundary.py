@@ -273,3 +273,51 @@ async def test_a_lone_surrogate_in_a_slash_command_over_socket_mode_is_answered(
         assert answer_text(emulator.messages("C123")[0]) == "answered over the socket"
     finally:
         await service.stop(grace=0)
+
+
+# -- Refused prompts: stored cut, and counted against the user's rate ---------------------
+
+
+async def test_an_oversized_prompt_is_refused_and_stored_cut_to_the_limit(start_bot, emulator):
+    script = ScriptedModel(["never"])
+    bot = await start_bot(script.model(), AGENTBOT_MAX_PROMPT_CHARS=100)
+    prompt = "start " + "x" * 99_994  # 100,000 characters
+    status, body, _ = await bot.command(prompt)
+    assert status == 200 and "100,000 characters" in body and "limit is 100" in body
+    [run] = await bot.wait_for_run()
+    assert run.status is RunStatus.FAILED and run.error.startswith("refused")
+    assert len(run.prompt) <= 100
+    assert run.prompt.startswith("start xxx") and "cut" in run.prompt and "100,000" in run.prompt
+    assert script.calls == []
+
+
+async def test_an_oversized_mention_is_refused_and_stored_cut_to_the_limit(start_bot, emulator):
+    script = ScriptedModel(["never"])
+    bot = await start_bot(script.model(), AGENTBOT_MAX_PROMPT_CHARS=100)
+    said = emulator.post_user_message("C123", "U123", "<@UBOT> " + "y" * 5_000)
+    await emulator.send_event(bot.url, emulator.message_event(said, mention=True))
+    [run] = await bot.wait_for_run(kind=RunKind.MENTION)
+    assert run.status is RunStatus.FAILED and "limit is 100" in run.error
+    assert len(run.prompt) <= 100 and "cut" in run.prompt
+    await emulator.wait_for(lambda: bool(emulator.ephemerals("C123")))
+    assert "limit is 100" in emulator.ephemerals("C123")[0].text
+
+
+async def test_refused_prompts_count_against_the_users_rate_limit(start_bot, emulator):
+    script = ScriptedModel(["never"])
+    bot = await start_bot(
+        script.model(), AGENTBOT_MAX_PROMPT_CHARS=100, AGENTBOT_USER_RUNS_PER_MINUTE=3
+    )
+    answers = [(await bot.command("z" * 100_000))[1] for _ in range(6)]
+    assert all("limit is 100" in a for a in answers[:3]), answers
+    assert all("the limit is 3" in a and "try again" in a for a in answers[3:]), answers
+    runs = await bot.wait_for_run(count=6)
+    assert script.calls == []
+    # Every attempt is recorded, none whole: refused ones cut to the prompt limit, the
+    # rate-limited ones to a short preview.
+    assert all(r.status is RunStatus.FAILED for r in runs)
+    assert sum(len(r.prompt) for r in runs) <= 6 * 100
+    assert len([r for r in runs if "the limit is 3" in r.error]) == 3
+    # Another user is not affected.
+    _, body, _ = await bot.command("z" * 101, user_id="U456")
+    assert "limit is 100" in body
