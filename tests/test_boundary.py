@@ -17,12 +17,13 @@ import pytest
 from bot.config import AppConfig
 from bot.models import RunKind, RunQuery, RunRecord, RunStatus
 from bot.server import Service, build_parts
+from handlers.render import STOP_ACTION_ID
 from storage.db import upgrade
 from storage.repository import SqlRunStore
 from tests.conftest import SIGNING_SECRET, make_settings, wait_until
 from tests.databases import PG_DSN, postgres_engine, sqlite_engine
 from tests.scripted import ScriptedModel
-from tests.test_ask import answer_text
+from tests.test_ask import SIXTY_WORDS, answer_text
 from tests.test_conversations import ask_first, turns
 
 FORM = "application/x-www-form-urlencoded"
@@ -321,3 +322,101 @@ async def test_refused_prompts_count_against_the_users_rate_limit(start_bot, emu
     # Another user is not affected.
     _, body, _ = await bot.command("z" * 101, user_id="U456")
     assert "limit is 100" in body
+
+
+# -- Stop stays inside its workspace --------------------------------------------------------
+
+
+async def _live_run_in(bot, emulator, channel: str) -> tuple[str, str]:
+    """The id and message ts of the run live in `channel`, once its Stop button shows."""
+
+    def stop_value() -> str:
+        messages = emulator.messages(channel)
+        if not messages:
+            return ""
+        buttons = [e for b in messages[0].blocks if b["type"] == "actions" for e in b["elements"]]
+        return buttons[0]["value"] if buttons else ""
+
+    def live() -> bool:
+        return bool(stop_value()) and bot.service.parts.runner.live.get(stop_value()) is not None
+
+    await emulator.wait_for(live)
+    return stop_value(), emulator.messages(channel)[0].ts
+
+
+async def _press_stop(emulator, bot, *, run_id, message_ts, channel, team, user="UADMIN") -> str:
+    """Press Stop as `user` of workspace `team`; the private answer, if any ("")."""
+    count = len(emulator.responses)
+    await emulator.send_block_action(
+        bot.url,
+        action_id=STOP_ACTION_ID,
+        value=run_id,
+        user_id=user,
+        message_ts=message_ts,
+        channel_id=channel,
+        team_id=team,
+    )
+    await emulator.wait_for(lambda: len(emulator.responses) > count or not bot_live(bot, run_id))
+    return emulator.responses[count]["text"] if len(emulator.responses) > count else ""
+
+
+def bot_live(bot, run_id: str) -> bool:
+    return bot.service.parts.runner.live.get(run_id) is not None
+
+
+async def test_an_admin_stops_runs_only_in_their_own_workspace(start_bot, emulator):
+    script = ScriptedModel.words(SIXTY_WORDS, hang_after=3)
+    bot = await start_bot(script.model(), AGENTBOT_ADMINS="UADMIN")
+    await bot.command("in workspace A", team_id="TA", channel_id="CA", user_id="UA")
+    await bot.command("in workspace B", team_id="TB", channel_id="CB", user_id="UB")
+    run_a, ts_a = await _live_run_in(bot, emulator, "CA")
+    run_b, ts_b = await _live_run_in(bot, emulator, "CB")
+
+    # An admin of workspace A (say, in a channel shared with B) presses Stop on B's run.
+    answer = await _press_stop(
+        emulator, bot, run_id=run_b, message_ts=ts_b, channel="CB", team="TA"
+    )
+    assert "Only <@UB> or an admin" in answer
+    assert bot_live(bot, run_b), "B's run goes on"
+
+    await _press_stop(emulator, bot, run_id=run_a, message_ts=ts_a, channel="CA", team="TA")
+    script.released.set()
+    runs = {r.team_id: r for r in await bot.wait_for_run(count=2)}
+    assert runs["TA"].status is RunStatus.CANCELLED and "UADMIN" in runs["TA"].error
+    assert runs["TB"].status is RunStatus.SUCCEEDED
+
+
+async def test_the_requester_stops_their_own_run_whatever_the_workspace(start_bot, emulator):
+    script = ScriptedModel.words(SIXTY_WORDS, hang_after=3)
+    bot = await start_bot(script.model())
+    await bot.command("mine", team_id="TB", channel_id="CB", user_id="UB")
+    run_b, ts_b = await _live_run_in(bot, emulator, "CB")
+    # Slack Connect: the same user id clicks from their home workspace's side.
+    await _press_stop(
+        emulator, bot, run_id=run_b, message_ts=ts_b, channel="CB", team="TA", user="UB"
+    )
+    [run] = await bot.wait_for_run()
+    assert run.status is RunStatus.CANCELLED and "UB" in run.error
+
+
+async def test_an_admin_of_another_workspace_cannot_stop_through_another_process(
+    start_bot, emulator
+):
+    script = ScriptedModel.words(SIXTY_WORDS, hang_after=3)
+    running = await start_bot(script.model())
+    other = await start_bot(script.model(), AGENTBOT_ADMINS="UADMIN")  # same database
+    await running.command("in workspace B", team_id="TB", channel_id="CB", user_id="UB")
+    run_b, ts_b = await _live_run_in(running, emulator, "CB")
+
+    answer = await _press_stop(
+        emulator, other, run_id=run_b, message_ts=ts_b, channel="CB", team="TA"
+    )
+    assert "Only <@UB> or an admin" in answer
+    assert await other.store.stop_requests([run_b]) == {}, "no stop request recorded"
+
+    answer = await _press_stop(
+        emulator, other, run_id=run_b, message_ts=ts_b, channel="CB", team="TB"
+    )
+    assert "Stopping" in answer
+    [run] = await running.wait_for_run()
+    assert run.status is RunStatus.CANCELLED and run.error == "Stopped by <@UADMIN>"
