@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -15,7 +16,7 @@ import aiohttp
 import pytest
 
 from bot.config import AppConfig
-from bot.models import RunKind, RunQuery, RunRecord, RunStatus
+from bot.models import AuditQuery, RunKind, RunQuery, RunRecord, RunStatus
 from bot.server import Service, build_parts
 from handlers.render import STOP_ACTION_ID
 from storage.db import upgrade
@@ -247,6 +248,23 @@ async def test_a_nul_in_the_models_output_is_saved_and_the_run_succeeds(
     assert run.output == "a NUL in the middle"
     stored = await bot.store.get(run.id)
     assert stored.output == "a NUL in the middle" and stored.messages_json
+
+
+async def test_a_nul_in_a_history_search_is_cleaned_and_the_search_answers(
+    start_bot, emulator, database_url
+):
+    bot = await start_bot(AGENTBOT_ADMINS="UADMIN", AGENTBOT_DATABASE_URL=database_url)
+    await bot.store.create(
+        RunRecord(kind=RunKind.ASK, prompt="Summarise the Q3 report", team_id="T0001")
+    )
+    status, _, _ = await bot.command("Summ\x00arise", command="/history", user_id="UADMIN")
+    assert status == 200
+    await emulator.wait_for(lambda: bool(emulator.responses))
+    [answer] = emulator.responses
+    shown = json.dumps(answer)
+    assert "could not be read" not in shown and "Summarise the Q3 report" in shown
+    [audit] = await bot.store.audit_log(AuditQuery())
+    assert audit.text == "Summarise"
 
 
 async def test_a_lone_surrogate_in_a_slash_command_over_socket_mode_is_answered(emulator, tmp_path):
