@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +47,9 @@ TRANSIENT_ERRORS = (
     ModelConnectionError,
 )
 # Seconds a run waits for its final record's first save before delivering its end anyway
-# (the save goes on being retried): a database outage delays the answer, never loses it.
-FINAL_SAVE_WAIT = 10.0
+# (the save goes on being retried): a database outage delays the answer a little, never
+# loses it. SQLite's busy timeout is as long, so a lock shorter than that still saves first.
+FINAL_SAVE_WAIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,8 @@ class Runner:
                 run.duration_ms = round((time.monotonic() - started) * 1000)
                 if on_settled is not None:
                     on_settled(run)
-                await checkpoints.settled()
                 # Saved first: a Slack that is slow, or a shutdown meanwhile, loses nothing.
-                await self.save_final(run)
+                await self.save_final(run, after=checkpoints.settled())
                 await self._deliver(run, sink)
                 await self.save_final(run)  # with `slack_writes`, known only now
         finally:
@@ -134,10 +134,11 @@ class Runner:
         self._metrics.run_duration.labels(run.kind.value).observe(run.duration_ms / 1000)
         return run
 
-    async def save_final(self, run: RunRecord) -> bool:
-        """Save `run`'s final record, and keep saving it until the store has it (`records`);
-        waits for the first try, at most `FINAL_SAVE_WAIT` seconds. True if saved now."""
-        return await self.records.save(run, wait=FINAL_SAVE_WAIT)
+    async def save_final(self, run: RunRecord, *, after: Awaitable[None] | None = None) -> bool:
+        """Save `run`'s final record (after `after`), and keep saving it until the store has
+        it (`records`); waits for the first try, at most `FINAL_SAVE_WAIT` seconds in all.
+        True if saved now."""
+        return await self.records.save(run, wait=FINAL_SAVE_WAIT, after=after)
 
     async def _carry_out(
         self,

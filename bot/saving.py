@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from bot.live import LiveRuns
@@ -99,8 +101,9 @@ class FinalRecords:
         """How many runs have a final record not saved yet."""
         return len(self._unsaved)
 
-    def keep(self, run: RunRecord) -> asyncio.Future[bool]:
-        """Save a copy of `run` (as it is now) until the store has it; never waits.
+    def keep(self, run: RunRecord, *, after: Awaitable[None] | None = None) -> asyncio.Future[bool]:
+        """Save a copy of `run` (as it is now) until the store has it; never waits. The first
+        try waits for `after` (the run's last checkpoint), so that nothing older overwrites it.
 
         Returns a future set after the copy's first try: True if it was saved then.
         """
@@ -111,13 +114,18 @@ class FinalRecords:
         writer = self._writers.get(run.id)
         if writer is None or writer.done():
             self._writers[run.id] = asyncio.create_task(
-                self._write(run.id), name=f"final-record-{run.id}"
+                self._write(run.id, after=after), name=f"final-record-{run.id}"
             )
+        elif inspect.iscoroutine(after):
+            after.close()  # the writer under way came after it already
         return tried
 
-    async def save(self, run: RunRecord, *, wait: float) -> bool:
-        """`keep(run)` and wait for its first try, at most `wait` seconds; True if saved."""
-        tried = self.keep(run)
+    async def save(
+        self, run: RunRecord, *, wait: float, after: Awaitable[None] | None = None
+    ) -> bool:
+        """`keep(run, after=after)` and wait for its first try, at most `wait` seconds in
+        all; True if saved then."""
+        tried = self.keep(run, after=after)
         done, _ = await asyncio.wait([tried], timeout=wait)
         return bool(done) and tried.result()
 
@@ -146,7 +154,9 @@ class FinalRecords:
             self._done(run_id, unsaved, saved=saved)
         return lost
 
-    async def _write(self, run_id: str) -> None:
+    async def _write(self, run_id: str, *, after: Awaitable[None] | None) -> None:
+        if after is not None:
+            await after
         failures = 0
         while (unsaved := self._unsaved.get(run_id)) is not None:
             try:

@@ -65,3 +65,12 @@ def has_stop_button(args: Args) -> bool:
 def is_final_edit(args: Args) -> bool:
     """A `chat.update` that shows a run's end: the live message without its Stop button."""
     return not has_stop_button(args)
+
+
+def shows_final(message: Any, text: str) -> bool:
+    """Whether a message shows a run's end with `text` as its answer (not a live edit that
+    happens to hold all the text already)."""
+    from tests.test_ask import answer_text
+
+    ended = not any(block.get("type") == "actions" for block in message.blocks)
+    return ended and answer_text(message) == text

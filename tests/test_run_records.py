@@ -15,7 +15,7 @@ from handlers.render import STOP_ACTION_ID
 from storage.db import create_engine
 from storage.repository import SqlRunStore
 from tests.conftest import Bot, wait_until
-from tests.holds import hold_calls, is_final_edit
+from tests.holds import hold_calls, is_final_edit, shows_final
 from tests.scripted import ScriptedModel
 from tests.test_ask import SIXTY_WORDS, all_text, answer_text
 from tests.test_shared_database import FAST_LEASES, _live_run
@@ -143,7 +143,7 @@ async def test_a_database_out_of_reach_for_longer_than_a_lease_loses_no_run(
     script.released.set()
     # The answer is delivered though the record cannot be saved yet.
     await emulator.wait_for(
-        lambda: answer_text(emulator.message("C123", message_ts)) == script.text, timeout=30
+        lambda: shows_final(emulator.message("C123", message_ts), script.text), timeout=30
     )
     # Recovery passes go by while the lease is more than a stale age old.
     passes = service.recoveries
