@@ -337,3 +337,32 @@ async def test_stop_pressed_while_a_team_shows_its_end_changes_nothing(
     assert parent.output == "synthesis of everything" and parent.slack_writes > 0
     board = all_text(emulator.messages("C123")[0])
     assert "done" in board and "stopped" not in board
+
+
+async def test_stop_pressed_while_the_synthesis_is_shown_changes_nothing(
+    start_bot, emulator, monkeypatch
+):
+    def synthesis_final_edit(args) -> bool:
+        return is_final_edit(args) and "synthesis of everything" in json.dumps(args)
+
+    synthesis_end = hold_calls(emulator, monkeypatch, "chat.update", when=synthesis_final_edit)
+    crew = Crew(plan=PLAN[:2])
+    bot = await start_bot(crew.factory)
+    await bot.command("plan our beta launch", command="/team")
+    await synthesis_end.wait_held(timeout=30)
+    parent_message = emulator.messages("C123")[0]
+    await emulator.send_block_action(
+        bot.url,
+        action_id=STOP_ACTION_ID,
+        value=_stop_value(parent_message),
+        message_ts=parent_message.ts,
+    )
+    await emulator.wait_for(lambda: len(emulator.responses) == 1)
+    assert "already finished" in emulator.responses[0]["text"]
+    synthesis_end.release()
+
+    [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=20)
+    assert parent.status is RunStatus.SUCCEEDED and parent.error is None
+    children = await bot.store.children(parent.id)
+    assert [c.status for c in children] == [RunStatus.SUCCEEDED] * 3
+    assert parent.output == children[-1].output == "synthesis of everything"
