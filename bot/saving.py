@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable
@@ -165,8 +166,13 @@ class FinalRecords:
                 if not unsaved.tried.done():
                     unsaved.tried.set_result(False)
                 failures += 1
-                if failures == 1:
-                    log.warning("run %s: final record not saved, retrying: %s", run_id, exc)
+                if math.log10(failures).is_integer():  # 1, 10, 100…: visible, never a flood
+                    log.warning(
+                        "run %s: final record not saved (%d tries), retrying: %s",
+                        run_id,
+                        failures,
+                        exc,
+                    )
                 await asyncio.sleep(self._backoff(failures))
                 continue
             if failures:
