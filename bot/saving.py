@@ -189,5 +189,6 @@ class FinalRecords:
             self._live.release(run_id)
 
     def _backoff(self, failures: int) -> float:
-        ceiling = min(self._backoff_max, self._backoff_base * 2 ** (failures - 1))
+        # The exponent is capped: an outage of hours must not overflow the float.
+        ceiling = min(self._backoff_max, self._backoff_base * 2 ** min(failures - 1, 32))
         return random.uniform(ceiling / 2, ceiling)
