@@ -276,3 +276,10 @@ async def test_recovery_never_takes_the_runs_its_process_carries(kind, tmp_path)
     finally:
         if engine is not None:
             await engine.dispose()
+
+
+def test_final_records_back_off_within_bounds_however_long_the_outage():
+    records = FinalRecords(MemoryRunStore(), LiveRuns(), backoff_base=0.25, backoff_max=5.0)
+    assert 0.125 <= records._backoff(1) <= 0.25
+    for failures in (6, 100, 10_000):  # hours of refused saves
+        assert 2.5 <= records._backoff(failures) <= 5.0
