@@ -6,10 +6,16 @@ per workspace decides which message to refresh next (DESIGN.md §4):
 - a message is refreshed at most once per `interval` (finals excepted);
 - final texts go first, then the message whose visible text is the most stale;
 - a token bucket per method keeps the workspace under Slack's tier (50 `chat.update` a
-  minute with a small burst by default), and a 429 pauses that method for `Retry-After`,
-  after which the *latest* text is sent, never a stale one.
+  minute with a small burst by default), and a 429 pauses that method for `Retry-After`
+  (at most `max_retry_after`), after which the *latest* text is sent, never a stale one.
 
-`chat.postMessage` is paced separately, about one a second per channel.
+`chat.postMessage` is paced separately, about one a second per channel; a post may carry a
+render function, so that a post queued behind others shows the text of when it is sent.
+
+Every wait is bounded (DESIGN.md §5): `Retry-After` is capped, a message or a post refused
+with 429 `MAX_RATELIMITED` times in a row fails ("ratelimited"), and `wait_delivered`
+returns by `delivery_timeout` (the final stays queued: a later write still shows it). One
+message whose content cannot be made fails alone; the workspace's sender goes on.
 """
 
 from __future__ import annotations
@@ -51,6 +57,13 @@ PERMANENT_ERRORS = frozenset(
     }
 )
 MAX_TRANSIENT_FAILURES = 5
+# 429s in a row after which one message or post gives up: with Retry-After capped at a
+# minute, Slack has refused it for about five minutes.
+MAX_RATELIMITED = 5
+RATELIMITED = "ratelimited"
+TIMEOUT = "timeout"
+RENDER_FAILED = "render_failed"
+INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,12 @@ class PacerConfig:
     chat_stop_stream: Budget = Budget(per_minute=20, burst=3)
     # Slack ends a stream after about 5 minutes; stop appending a little before that.
     stream_max_age: float = 270.0
+    # Slack's windows are a minute long: a longer Retry-After (an outage, a bug) is cut to
+    # this, and the method is tried again; a message refused again counts towards failing.
+    max_retry_after: float = 60.0
+    # How long `wait_delivered` waits for a final (finals go first, so only a 429 pause or
+    # a storm of finals makes one wait): two capped pauses.
+    delivery_timeout: float = 120.0
 
     def budget_for(self, method: str) -> Budget | None:
         """The budget of a paced method other than chat.update, or None if it has none."""
@@ -84,12 +103,21 @@ class PacerConfig:
 
 
 class SlackCallFailed(Exception):
-    """A Slack write that failed for good; `error` is Slack's error code or a short reason."""
+    """A Slack write that failed for good; `error` is Slack's error code or a short reason
+    ("ratelimited", "timeout", "render_failed", "unreachable (…)", "HTTP 5xx")."""
 
     def __init__(self, method: str, error: str) -> None:
         super().__init__(f"{method}: {error}")
         self.method = method
         self.error = error
+
+
+class DeliveryTimeout(SlackCallFailed):
+    """A final was not in Slack within the bound; it stays queued and may still arrive."""
+
+    def __init__(self, method: str, waited: float) -> None:
+        super().__init__(method, TIMEOUT)
+        self.waited = waited
 
 
 class TokenBucket:
@@ -132,6 +160,7 @@ class LiveMessage:
     last_sent: float = float("-inf")
     writes: int = 0
     failures: int = 0
+    ratelimits: int = 0  # 429s in a row on this message
     error: str | None = None
     delivered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -144,7 +173,7 @@ class LiveMessage:
         if not self.dirty:
             self.dirty_since = self._pacer._clock()
         self.dirty = True
-        self._pacer._wake.set()
+        self._pacer._wake_sender()
 
     def set_rendered(self, render: Callable[[], Content]) -> None:
         """Like `set`, but the content is made only when it is sent: a stream calls this per
@@ -155,11 +184,20 @@ class LiveMessage:
         if not self.dirty:
             self.dirty_since = self._pacer._clock()
         self.dirty = True
-        self._pacer._wake.set()
+        self._pacer._wake_sender()
 
-    async def wait_delivered(self) -> None:
-        """Wait until the final content is in Slack (or the message failed for good)."""
-        await self.delivered.wait()
+    async def wait_delivered(self, *, timeout: float | None = None) -> None:
+        """Wait until the final content is in Slack, at most `timeout` seconds (default: the
+        pacer's `delivery_timeout`).
+
+        Raises `SlackCallFailed` when the message failed for good, and `DeliveryTimeout`
+        when the time is up: the final then stays queued, and a later write shows it.
+        """
+        limit = self._pacer.config.delivery_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self.delivered.wait(), timeout=limit)
+        except TimeoutError:
+            raise DeliveryTimeout("chat.update", limit) from None
         if self.error is not None:
             raise SlackCallFailed("chat.update", self.error)
 
@@ -204,9 +242,19 @@ class WorkspacePacer:
         message = LiveMessage(channel=channel, ts=ts, _pacer=self)
         message.last_sent = self._clock()  # it was just posted
         self._messages.add(message)
+        self._wake_sender()
+        return message
+
+    def _wake_sender(self) -> None:
+        """Wake the sender, starting it again if it ended (it should not: see `_sender_ended`)."""
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_loop(), name="slack-pacer")
-        return message
+            self._sender.add_done_callback(self._sender_ended)
+        self._wake.set()
+
+    def _sender_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the Slack pacer's sender ended", exc_info=task.exception())
 
     @property
     def queue_depth(self) -> int:
@@ -236,7 +284,11 @@ class WorkspacePacer:
                 await asyncio.sleep(gate)
                 continue  # re-pick: a final may have arrived meanwhile
             self._update_bucket.take()
-            await self._send(message)
+            try:
+                await self._send(message)
+            except Exception:  # a bug in one message's write: that message fails, not all
+                log.exception("message %s in %s: the write failed", message.ts, message.channel)
+                self._give_up(message, INTERNAL_ERROR)
 
     def _pick(self) -> tuple[LiveMessage | None, float | None]:
         """The message to send now, else None and how long until one is due."""
@@ -259,7 +311,14 @@ class WorkspacePacer:
 
     async def _send(self, message: LiveMessage) -> None:
         assert message.latest is not None
-        text, blocks = message.latest() if callable(message.latest) else message.latest
+        try:
+            text, blocks = message.latest() if callable(message.latest) else message.latest
+        except Exception:  # a bug in one message's render must not stop the others
+            log.exception(
+                "message %s in %s: its content could not be made", message.ts, message.channel
+            )
+            self._give_up(message, RENDER_FAILED)
+            return
         was_final = message.final
         message.dirty = False
         message.writes += 1
@@ -268,23 +327,31 @@ class WorkspacePacer:
                 "chat.update", channel=message.channel, ts=message.ts, text=text, blocks=blocks
             )
         except RateLimited:
+            message.ratelimits += 1
+            if message.ratelimits >= MAX_RATELIMITED:
+                self._give_up(message, RATELIMITED)
+                return
             message.dirty = True  # the latest text goes out once the pause is over
             return
         except SlackCallFailed as exc:
             if exc.error in PERMANENT_ERRORS or message.failures >= MAX_TRANSIENT_FAILURES:
-                log.warning("giving up on message %s in %s: %s", message.ts, message.channel, exc)
-                message.error = exc.error
-                self._retire(message)
+                self._give_up(message, exc.error)
                 return
             message.failures += 1
             message.dirty = True
             message.last_sent = self._clock()  # back off one interval before the retry
             return
-        message.failures = 0
+        message.failures = message.ratelimits = 0
         message.last_sent = self._clock()
         self._metrics.update_staleness.observe(message.last_sent - message.dirty_since)
         if was_final and not message.dirty:
             self._retire(message)
+
+    def _give_up(self, message: LiveMessage, error: str) -> None:
+        log.warning("giving up on message %s in %s: %s", message.ts, message.channel, error)
+        self._metrics.slack_gave_up.labels("chat.update", error).inc()
+        message.error = error
+        self._retire(message)
 
     def _retire(self, message: LiveMessage) -> None:
         self._messages.discard(message)
@@ -293,16 +360,21 @@ class WorkspacePacer:
 
     # -- new messages (chat.postMessage) ---------------------------------------------------
 
-    async def post(self, channel: str, **kwargs: Any) -> dict[str, Any]:
-        """`chat.postMessage`, about one a second per channel; waits out 429s (bounded).
+    async def post(
+        self, channel: str, *, render: Callable[[], Content] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """`chat.postMessage`, about one a second per channel, in the order asked; waits out
+        429s, each pause capped, `MAX_RATELIMITED` in a row at most.
 
-        Raises `SlackCallFailed` when Slack refuses for good.
+        With `render`, the text and blocks are made when the post is sent (a post queued
+        behind others shows the latest content). Raises `SlackCallFailed` when Slack refuses
+        for good or keeps refusing ("ratelimited").
         """
         bucket = self._channel_buckets.setdefault(
             channel, TokenBucket(self._config.post_per_channel, self._clock)
         )
         lock = self._channel_locks.setdefault(channel, asyncio.Lock())
-        failures = 0
+        failures = ratelimits = 0
         async with lock:  # keeps one channel's posts in order
             while True:
                 gate = max(bucket.wait_time(), self._pause_left("chat.postMessage"))
@@ -310,10 +382,17 @@ class WorkspacePacer:
                     await asyncio.sleep(gate)
                     continue
                 bucket.take()
+                content = kwargs
+                if render is not None:
+                    text, blocks = render()
+                    content = {**kwargs, "text": text, "blocks": blocks}
                 try:
-                    return await self._call("chat.postMessage", channel=channel, **kwargs)
-                except RateLimited:
-                    continue
+                    return await self._call("chat.postMessage", channel=channel, **content)
+                except RateLimited as exc:
+                    ratelimits += 1
+                    if ratelimits >= MAX_RATELIMITED:
+                        self._metrics.slack_gave_up.labels("chat.postMessage", RATELIMITED).inc()
+                        raise SlackCallFailed("chat.postMessage", RATELIMITED) from exc
                 except SlackCallFailed as exc:
                     failures += 1
                     if exc.error in PERMANENT_ERRORS or failures > MAX_TRANSIENT_FAILURES:
@@ -328,7 +407,7 @@ class WorkspacePacer:
         try:
             return await self._call(method, **kwargs)
         except RateLimited as exc:
-            raise SlackCallFailed(method, "ratelimited") from exc
+            raise SlackCallFailed(method, RATELIMITED) from exc
 
     # -- paced calls (chat.*Stream) -------------------------------------------------------
 
@@ -376,7 +455,7 @@ class WorkspacePacer:
         except SlackApiError as exc:
             status = exc.response.status_code
             if status == 429:
-                retry_after = _retry_after(exc.response.headers)
+                retry_after = min(_retry_after(exc.response.headers), self._config.max_retry_after)
                 self._paused_until[method] = self._clock() + retry_after
                 self._metrics.slack_call(method, "ratelimited")
                 log.info("%s rate limited; pausing it %.1f s", method, retry_after)
@@ -413,6 +492,15 @@ class Pacer:
         self._metrics = metrics
         self._clock = clock
         self._workspaces: dict[str, WorkspacePacer] = {}
+
+    @property
+    def config(self) -> PacerConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: PacerConfig) -> None:
+        """Tune the pacer (tests); applies to the workspaces first used after."""
+        self._config = config
 
     def workspace(self, team_id: str | None) -> WorkspacePacer:
         key = team_id or "-"
