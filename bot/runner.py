@@ -257,6 +257,8 @@ class Runner:
         if run.message_ts is not None or run.status is not RunStatus.FAILED or run.output:
             try:
                 await sink.finish(run)
+            except BotError as exc:  # a deferred first post was refused: never shown at all
+                run.status, run.error = RunStatus.FAILED, str(exc)
             except Exception:
                 log.exception("run %s: could not show the final state", run.id)
         run.slack_writes = sink.writes

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +147,28 @@ class TokenBucket:
         self._tokens -= 1
 
 
+class PostWindow:
+    """At most `budget.burst` calls in any window of `burst × 60 / per_minute` seconds (with
+    a 2 % margin): a channel's posts go out in bursts yet never above about one a second,
+    whether Slack counts them by the second, by a few seconds or by the minute."""
+
+    def __init__(self, budget: Budget, clock: Clock) -> None:
+        self._count = budget.burst
+        self._window = budget.burst * 60.0 / budget.per_minute * 1.02
+        self._clock = clock
+        self._sent: deque[float] = deque()
+
+    def wait_time(self) -> float:
+        """Seconds until a call is allowed (0 if one is now)."""
+        now = self._clock()
+        while self._sent and self._sent[0] <= now - self._window:
+            self._sent.popleft()
+        return 0.0 if len(self._sent) < self._count else self._sent[0] + self._window - now
+
+    def take(self) -> None:
+        self._sent.append(self._clock())
+
+
 @dataclass(eq=False)
 class LiveMessage:
     """A Slack message being edited: its latest wanted content and what has been sent."""
@@ -219,7 +242,7 @@ class WorkspacePacer:
         self._clock = clock
         self._update_bucket = TokenBucket(config.chat_update, clock)
         self._paused_until: dict[str, float] = {}
-        self._channel_buckets: dict[str, TokenBucket] = {}
+        self._channel_windows: dict[str, PostWindow] = {}
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._messages: set[LiveMessage] = set()
         self._wake = asyncio.Event()
@@ -234,6 +257,10 @@ class WorkspacePacer:
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
 
     # -- live messages (chat.update) -------------------------------------------------------
 
@@ -370,8 +397,8 @@ class WorkspacePacer:
         behind others shows the latest content). Raises `SlackCallFailed` when Slack refuses
         for good or keeps refusing ("ratelimited").
         """
-        bucket = self._channel_buckets.setdefault(
-            channel, TokenBucket(self._config.post_per_channel, self._clock)
+        bucket = self._channel_windows.setdefault(
+            channel, PostWindow(self._config.post_per_channel, self._clock)
         )
         lock = self._channel_locks.setdefault(channel, asyncio.Lock())
         failures = ratelimits = 0

@@ -13,6 +13,7 @@ from handlers.pacer import (
     Budget,
     DeliveryTimeout,
     PacerConfig,
+    PostWindow,
     SlackCallFailed,
     TokenBucket,
     WorkspacePacer,
@@ -49,6 +50,21 @@ def test_token_bucket_never_lets_a_minute_hold_more_than_the_budget():
     bucket.take()
     bucket.take()
     assert bucket.wait_time() > 0, "capacity is the burst, not the idle time"
+
+
+def test_a_channels_posts_go_in_bursts_but_never_above_one_a_second_in_any_window():
+    now = [0.0]
+    window = PostWindow(Budget(per_minute=60, burst=5), lambda: now[0])
+    sent = []
+    while now[0] < 60:  # greedy for a minute
+        now[0] += window.wait_time()
+        window.take()
+        sent.append(now[0])
+    assert sent[:5] == [0.0] * 5, "a team's replies go out at once"
+    # Slack allows about one a second: no 5 s window (the emulator's) holds more than 5,
+    # and no minute more than 60. (The old token bucket let 9 through in the first 5 s.)
+    assert all(sum(1 for t in sent if start <= t < start + 5) <= 5 for start in sent)
+    assert len([t for t in sent if t < 60]) <= 60
 
 
 async def test_only_the_latest_text_is_sent_at_the_interval(emulator):
