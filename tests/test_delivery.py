@@ -1,0 +1,92 @@
+"""Delivery under Slack's limits, end to end: a busy channel does not hold models back, a
+finished answer is posted in one write, a 429 with an absurd Retry-After freezes nothing
+beyond the cap, and the event loop's lag is a metric."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import aiohttp
+
+from bot.metrics import Metrics, watch_loop_lag
+from bot.models import RunStatus
+from tests.scripted import ScriptedModel
+from tests.test_ask import SIXTY_WORDS, answer_text
+
+
+def _live(message) -> bool:
+    return any(b.get("type") == "actions" for b in message.blocks)
+
+
+async def test_a_busy_channel_starts_every_model_at_once_and_posts_finished_answers_whole(
+    start_bot, emulator
+):
+    script = ScriptedModel.words("a short answer")
+    bot = await start_bot(script.model())
+    count = 8  # the channel allows 5 posts in a burst, then about one a second
+    for i in range(count):
+        await bot.command(f"question {i}", channel_id="CBUSY", user_id=f"U{i}")
+    # Every model is under way before the channel had room for every first post.
+    await emulator.wait_for(lambda: len(script.calls) == count, timeout=5)
+    assert len(emulator.calls_to("chat.postMessage")) < count
+    runs = await bot.wait_for_run(count=count, timeout=30)
+    assert all(r.status is RunStatus.SUCCEEDED for r in runs)
+    messages = emulator.messages("CBUSY")
+    assert len(messages) == count
+    assert {m.ts for m in messages} == {r.message_ts for r in runs}, "the records know them"
+    for message in messages:
+        assert not _live(message) and answer_text(message) == script.text
+    # The answers whose turn came after they were done went out in one write each.
+    updated = {c.args["ts"] for c in emulator.calls_to("chat.update")}
+    whole = [m for m in messages if m.ts not in updated]
+    assert len(whole) >= count - 5
+    assert all(r.slack_writes == 1 for r in runs if r.message_ts in {m.ts for m in whole})
+
+
+async def test_a_retry_after_of_an_hour_freezes_nothing_beyond_the_cap(start_bot, emulator):
+    script = ScriptedModel.words(SIXTY_WORDS, delay=0.02)
+    bot = await start_bot(script.model())
+    pacer = bot.service.parts.pacer
+    pacer.config = dataclasses.replace(pacer.config, max_retry_after=1.0)
+    emulator.inject("chat.update", status=429, retry_after=3600, times=1)
+    await bot.command("first", channel_id="C1")
+    await bot.command("second", channel_id="C2")
+    runs = await bot.wait_for_run(count=2, timeout=20)
+    assert all(r.status is RunStatus.SUCCEEDED for r in runs)
+    for channel in ("C1", "C2"):
+        [message] = emulator.messages(channel)
+        assert not _live(message) and answer_text(message) == script.text
+    limited, following = emulator.calls_to("chat.update")[:2]
+    assert limited.status == 429 and following.status == 200
+    assert 0.95 <= following.at - limited.at < 5, "paused for the cap (1 s), not an hour"
+
+
+async def test_metrics_show_the_event_loop_lag(start_bot, emulator):
+    bot = await start_bot(ScriptedModel(["x"]).model())
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{bot.service.port}/metrics") as resp:
+            text = await resp.text()
+    assert "# TYPE agentbot_event_loop_lag_seconds gauge" in text
+
+
+async def test_the_loop_lag_gauge_measures_a_blocked_loop():
+    metrics = Metrics()
+
+    def lag() -> float:
+        return metrics.registry.get_sample_value("agentbot_event_loop_lag_seconds") or 0.0
+
+    watcher = asyncio.create_task(watch_loop_lag(metrics, period=0.02))
+    try:
+        await asyncio.sleep(0)  # let the watcher ask to be woken
+        busy_until = time.monotonic() + 0.2
+        while time.monotonic() < busy_until:  # a callback that hogs the loop for 0.2 s
+            pass
+        for _ in range(50):  # a few periods at most
+            if lag() >= 0.15:
+                break
+            await asyncio.sleep(0.02)
+        assert lag() >= 0.15
+    finally:
+        watcher.cancel()
