@@ -121,6 +121,7 @@ def channel_rows(f: phases.ChannelFigures) -> list[Row]:
     n = f.answers
     per_answer = f.writes / max(1, n)
     limit = f.ceiling * (1 + CEILING_MARGIN)
+    posts, updates = f.ratelimited["chat.postMessage"], f.ratelimited["chat.update"]
     return [
         Row(
             f"{n} /ask at once in one channel: last final in Slack",
@@ -130,7 +131,7 @@ def channel_rows(f: phases.ChannelFigures) -> list[Row]:
         ),
         Row(
             f"{n} /ask in one channel: Slack writes per answer",
-            f"{per_answer:.2f} ({f.writes} writes, {f.ratelimited} 429s)",
+            f"{per_answer:.2f} ({f.writes} writes; 429s: {posts} posts, {updates} updates)",
             f"≤ {WRITES_PER_ANSWER}",
             verdict(per_answer <= WRITES_PER_ANSWER),
         ),

@@ -246,7 +246,7 @@ class ChannelFigures:
     seconds: float  # from the burst to the last answer's final write in Slack
     ceiling: float  # the answers' first posts at Slack's one a second per channel
     writes: int  # chat.postMessage and chat.update calls in the channel, 429s included
-    ratelimited: int
+    ratelimited: dict[str, int]  # 429s by method
     complete: int  # answers whose message, once finished, shows the whole text
     early_text: int  # answers that showed some of their text before their final write
     first_text: list[float]  # per answer: seconds from the burst to its first text in Slack
@@ -330,7 +330,10 @@ def read_channel(
         seconds=max((w[-1][0] for w in writes), default=math.nan) - sent,
         ceiling=float(len(keys)),
         writes=len(calls),
-        ratelimited=sum(1 for c in calls if c.status == 429),
+        ratelimited={
+            m: sum(1 for c in calls if c.status == 429 and c.method == m)
+            for m in ("chat.postMessage", "chat.update")
+        },
         complete=complete,
         early_text=sum(1 for w in writes if any(has for _, has in w[:-1])),
         first_text=[next((at for at, has in w if has), w[-1][0]) - sent for w in writes],

@@ -168,6 +168,12 @@ class PostWindow:
     def take(self) -> None:
         self._sent.append(self._clock())
 
+    def settle(self) -> None:
+        """Count the last call from now, when its answer came: Slack saw it arrive at some
+        time in between, and a busy event loop may have sent it late."""
+        if self._sent:
+            self._sent[-1] = self._clock()
+
 
 @dataclass(eq=False)
 class LiveMessage:
@@ -397,18 +403,18 @@ class WorkspacePacer:
         behind others shows the latest content). Raises `SlackCallFailed` when Slack refuses
         for good or keeps refusing ("ratelimited").
         """
-        bucket = self._channel_windows.setdefault(
+        window = self._channel_windows.setdefault(
             channel, PostWindow(self._config.post_per_channel, self._clock)
         )
         lock = self._channel_locks.setdefault(channel, asyncio.Lock())
         failures = ratelimits = 0
         async with lock:  # keeps one channel's posts in order
             while True:
-                gate = max(bucket.wait_time(), self._pause_left("chat.postMessage"))
+                gate = max(window.wait_time(), self._pause_left("chat.postMessage"))
                 if gate > 0:
                     await asyncio.sleep(gate)
                     continue
-                bucket.take()
+                window.take()
                 content = kwargs
                 if render is not None:
                     text, blocks = render()
@@ -425,6 +431,8 @@ class WorkspacePacer:
                     if exc.error in PERMANENT_ERRORS or failures > MAX_TRANSIENT_FAILURES:
                         raise
                     await asyncio.sleep(min(2.0**failures * 0.25, 4.0))
+                finally:
+                    window.settle()
 
     async def call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         """Any other Slack call, counted and honouring a pause from an earlier 429."""
@@ -451,6 +459,17 @@ class WorkspacePacer:
                 await asyncio.sleep(gate)
             if bucket is not None:
                 bucket.take()
+
+    def turn_free(self, method: str) -> bool:
+        """Whether `wait_turn(method)` would return at once (nobody waiting, budget left, no
+        pause)."""
+        bucket = self._method_bucket(method)
+        lock = self._turn_locks.get(method)
+        return (
+            not (lock is not None and lock.locked())
+            and (bucket is None or bucket.wait_time() == 0)
+            and self._pause_left(method) == 0
+        )
 
     async def paced_call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         """`method` once, within its budget and after any 429 pause of that method.
