@@ -306,7 +306,7 @@ class Runner:
             team_id=run.team_id,
             channel_id=run.channel_id,
             thread_ts=run.thread_ts,
-            message_ts=run.message_ts,
+            message_ts=lambda: run.message_ts,  # posted when the channel's turn comes
         )
         try:
             # run_stream_events, not run_stream: text a model writes before a tool call must
