@@ -253,6 +253,7 @@ class WorkspacePacer:
         self._messages: set[LiveMessage] = set()
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+        self._closed = False
         self._method_buckets: dict[str, TokenBucket] = {"chat.update": self._update_bucket}
         self._turn_locks: dict[str, asyncio.Lock] = {}
 
@@ -280,6 +281,8 @@ class WorkspacePacer:
 
     def _wake_sender(self) -> None:
         """Wake the sender, starting it again if it ended (it should not: see `_sender_ended`)."""
+        if self._closed:
+            return
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_loop(), name="slack-pacer")
             self._sender.add_done_callback(self._sender_ended)
@@ -294,6 +297,7 @@ class WorkspacePacer:
         return sum(1 for message in self._messages if message.dirty)
 
     async def close(self) -> None:
+        self._closed = True
         if self._sender is not None:
             self._sender.cancel()
             try:
