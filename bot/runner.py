@@ -368,16 +368,20 @@ class Checkpoints:
         self._store = store
         self._interval = interval
         self._last = time.monotonic()
+        self._message_ts: str | None = None  # as last saved
         self._pending: asyncio.Task[None] | None = None
 
     def now(self, run: RunRecord) -> None:
         if self._pending is None or self._pending.done():
             self._last = time.monotonic()
+            self._message_ts = run.message_ts
             snapshot = dataclasses.replace(run, messages_json=None)
             self._pending = asyncio.create_task(self._save(snapshot), name=f"checkpoint-{run.id}")
 
     def maybe(self, run: RunRecord) -> None:
-        if time.monotonic() - self._last >= self._interval:
+        # A message posted since the last save (a busy channel posts it late) is saved at
+        # once: a restart needs its ts to say what became of the run.
+        if run.message_ts != self._message_ts or time.monotonic() - self._last >= self._interval:
             self.now(run)
 
     async def final(self, run: RunRecord) -> None:

@@ -10,8 +10,10 @@ import time
 
 import aiohttp
 
+from bot.memory_store import MemoryRunStore
 from bot.metrics import Metrics, watch_loop_lag
-from bot.models import RunStatus
+from bot.models import RunKind, RunRecord, RunStatus
+from bot.runner import Checkpoints
 from tests.scripted import ScriptedModel
 from tests.test_ask import SIXTY_WORDS, answer_text
 
@@ -90,3 +92,18 @@ async def test_the_loop_lag_gauge_measures_a_blocked_loop():
         assert lag() >= 0.15
     finally:
         watcher.cancel()
+
+
+async def test_a_message_posted_late_reaches_the_record_at_the_next_event():
+    store = MemoryRunStore()
+    run = RunRecord(kind=RunKind.ASK, prompt="hello", channel_id="C1")
+    await store.create(run)
+    checkpoints = Checkpoints(store, interval=3600)  # no save is due by the clock
+    checkpoints.now(run)
+    run.message_ts = "1700000000.000100"  # the busy channel's turn came
+    for _ in range(100):  # bounded: the model's next events
+        checkpoints.maybe(run)
+        if (await store.get(run.id)).message_ts == run.message_ts:
+            break
+        await asyncio.sleep(0.01)
+    assert (await store.get(run.id)).message_ts == run.message_ts
