@@ -189,6 +189,18 @@ async def test_a_render_that_raises_fails_only_its_own_message(emulator):
     await pacer.close()
 
 
+async def test_a_sender_that_ended_is_started_again_by_the_next_text(emulator):
+    pacer = make_pacer(emulator, interval=0.01)
+    live = pacer.track("C1", await post(pacer))
+    sender = pacer._sender
+    sender.cancel()  # however it ended, live messages must not stall
+    await asyncio.wait([sender])
+    live.set("still delivered", [], final=True)
+    await asyncio.wait_for(live.wait_delivered(), 5)
+    assert emulator.message("C1", live.ts).text == "still delivered"
+    await pacer.close()
+
+
 async def test_a_huge_retry_after_is_capped_and_freezes_nothing_beyond_the_cap(emulator):
     pacer = make_pacer(emulator, interval=0.05, max_retry_after=0.5)
     first = pacer.track("C1", await post(pacer))
