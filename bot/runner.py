@@ -196,8 +196,10 @@ class Runner:
         checkpoints = Checkpoints(self._store, interval=self._checkpoint_interval)
         try:
             with self.live.track(run) as live:
+                started = False
                 try:
                     await sink.start(run)
+                    started = True
                     checkpoints.now(run)  # the message's ts, for a restart to find it
                     async with self._admission.slot(on_position=sink.queued):
                         run.status = RunStatus.RUNNING
@@ -224,7 +226,7 @@ class Runner:
                         run.status, run.error = RunStatus.FAILED, crash
                 run.finished_at = utcnow()
                 run.duration_ms = round((time.monotonic() - started) * 1000)
-                await self._deliver(run, sink)
+                await self._deliver(run, sink, started=started)
                 await checkpoints.final(run)
         finally:
             self._metrics.live_runs.dec()
@@ -252,9 +254,15 @@ class Runner:
             log.exception("run %s: could not say so in Slack either", run.id)
         return False
 
-    async def _deliver(self, run: RunRecord, sink: Sink) -> None:
-        """Let the sink show the end; a Slack outage must not lose the record."""
-        if run.message_ts is not None or run.status is not RunStatus.FAILED or run.output:
+    async def _deliver(self, run: RunRecord, sink: Sink, *, started: bool) -> None:
+        """Let the sink show the end; a Slack outage must not lose the record. A sink that
+        started is always told (its first post may still be on its way)."""
+        if (
+            started
+            or run.message_ts is not None
+            or run.status is not RunStatus.FAILED
+            or run.output
+        ):
             try:
                 await sink.finish(run)
             except BotError as exc:  # a deferred first post was refused: never shown at all

@@ -9,6 +9,7 @@ import dataclasses
 import time
 
 import aiohttp
+from pydantic_ai.exceptions import ModelHTTPError
 
 from bot.memory_store import MemoryRunStore
 from bot.metrics import Metrics, watch_loop_lag
@@ -107,3 +108,18 @@ async def test_a_message_posted_late_reaches_the_record_at_the_next_event():
             break
         await asyncio.sleep(0.01)
     assert (await store.get(run.id)).message_ts == run.message_ts
+
+
+async def test_a_run_that_fails_before_its_first_post_lands_still_ends_its_message(
+    start_bot, emulator
+):
+    error = ModelHTTPError(400, "scripted", {"error": "bad request"})
+    script = ScriptedModel(["never"], fail_first=1, error=error)
+    bot = await start_bot(script.model())
+    emulator.inject("chat.postMessage", delay=0.5)  # the post lands after the model failed
+    await bot.command("hello")
+    [run] = await bot.wait_for_run(timeout=15)
+    assert run.status is RunStatus.FAILED and not run.output
+    [message] = emulator.messages("C123")
+    assert not _live(message), "no Stop button left on a finished run"
+    assert "HTTP 400" in str(message.blocks) and run.message_ts == message.ts
