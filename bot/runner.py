@@ -196,10 +196,10 @@ class Runner:
         checkpoints = Checkpoints(self._store, interval=self._checkpoint_interval)
         try:
             with self.live.track(run) as live:
-                started = False
+                sink_started = False
                 try:
                     await sink.start(run)
-                    started = True
+                    sink_started = True
                     checkpoints.now(run)  # the message's ts, for a restart to find it
                     async with self._admission.slot(on_position=sink.queued):
                         run.status = RunStatus.RUNNING
@@ -226,7 +226,7 @@ class Runner:
                         run.status, run.error = RunStatus.FAILED, crash
                 run.finished_at = utcnow()
                 run.duration_ms = round((time.monotonic() - started) * 1000)
-                await self._deliver(run, sink, started=started)
+                await self._deliver(run, sink, started=sink_started)
                 await checkpoints.final(run)
         finally:
             self._metrics.live_runs.dec()

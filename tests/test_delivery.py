@@ -35,7 +35,7 @@ async def test_a_busy_channel_starts_every_model_at_once_and_posts_finished_answ
     await emulator.wait_for(lambda: len(script.calls) == count, timeout=5)
     assert len(emulator.calls_to("chat.postMessage")) < count
     runs = await bot.wait_for_run(count=count, timeout=30)
-    assert all(r.status is RunStatus.SUCCEEDED for r in runs)
+    assert all(r.status is RunStatus.SUCCEEDED and 0 <= r.duration_ms < 30_000 for r in runs)
     messages = emulator.messages("CBUSY")
     assert len(messages) == count
     assert {m.ts for m in messages} == {r.message_ts for r in runs}, "the records know them"
@@ -120,6 +120,7 @@ async def test_a_run_that_fails_before_its_first_post_lands_still_ends_its_messa
     await bot.command("hello")
     [run] = await bot.wait_for_run(timeout=15)
     assert run.status is RunStatus.FAILED and not run.output
+    assert 0 <= run.duration_ms < 15_000
     [message] = emulator.messages("C123")
     assert not _live(message), "no Stop button left on a finished run"
     assert "HTTP 400" in str(message.blocks) and run.message_ts == message.ts
