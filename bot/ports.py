@@ -35,10 +35,12 @@ class Sink(Protocol):
         ...
 
     async def start(self, run: RunRecord) -> None:
-        """Show that the run has begun; may set `run.message_ts`/`run.thread_ts`.
+        """Show that the run has begun; may set `run.message_ts`/`run.thread_ts`, now or
+        later: a busy channel's first post waits for its turn while the run goes on.
 
         Raises `InputError` when the run cannot be shown at all (for example a channel the bot
-        is not in); the user has then been told why.
+        is not in); the user has then been told why. When that is learnt only later, the
+        error is raised from the next `progress` or from `finish`.
         """
         ...
 
@@ -47,7 +49,8 @@ class Sink(Protocol):
         ...
 
     def progress(self, text: str, progress: Progress) -> None:
-        """The text so far. Cheap and never blocks: the sink decides when to show it."""
+        """The text so far. Cheap and never blocks: the sink decides when to show it.
+        Raises a late refusal of `start` (once), which ends the run failed."""
         ...
 
     async def finish(self, run: RunRecord) -> None:

@@ -119,14 +119,16 @@ class Runner:
         checkpoints = Checkpoints(self._store, interval=self._checkpoint_interval)
         try:
             with self.live.track(run) as live:
-                await self._carry_out(agent, run, sink, policy, history, checkpoints, live)
+                shown = await self._carry_out(
+                    agent, run, sink, policy, history, checkpoints, live
+                )
                 run.finished_at = utcnow()
                 run.duration_ms = round((time.monotonic() - started) * 1000)
                 if on_settled is not None:
                     on_settled(run)
                 # Saved first: a Slack that is slow, or a shutdown meanwhile, loses nothing.
                 await self.save_final(run, after=checkpoints.settled())
-                await self._deliver(run, sink)
+                await self._deliver(run, sink, started=shown)
                 await self.save_final(run)  # with `slack_writes`, known only now
         finally:
             self._metrics.live_runs.dec()
@@ -149,11 +151,13 @@ class Runner:
         history: Sequence[ModelMessage] | None,
         checkpoints: Checkpoints,
         live: LiveRun,
-    ) -> None:
+    ) -> bool:
         """Show the start, wait for a place, stream; on return `run.status` is final and the
-        run settled."""
+        run settled. True if the sink started (it must then be told the end)."""
+        started = False
         try:
             await sink.start(run)
+            started = True
             checkpoints.now(run)  # the message's ts, for a restart to find it
             async with self._admission.slot(on_position=sink.queued):
                 run.status = RunStatus.RUNNING
@@ -179,6 +183,7 @@ class Runner:
                 crash = f"internal error ({type(exc).__name__})"
                 run.status, run.error = RunStatus.FAILED, crash
         live.settle()
+        return started
 
     async def _create(self, run: RunRecord, sink: Sink) -> bool:
         """Record the run before anything is shown; retried while the database is busy.
@@ -200,11 +205,19 @@ class Runner:
             log.exception("run %s: could not say so in Slack either", run.id)
         return False
 
-    async def _deliver(self, run: RunRecord, sink: Sink) -> None:
-        """Let the sink show the end; a Slack outage must not lose the record."""
-        if run.message_ts is not None or run.status is not RunStatus.FAILED or run.output:
+    async def _deliver(self, run: RunRecord, sink: Sink, *, started: bool) -> None:
+        """Let the sink show the end; a Slack outage must not lose the record. A sink that
+        started is always told (its first post may still be on its way)."""
+        if (
+            started
+            or run.message_ts is not None
+            or run.status is not RunStatus.FAILED
+            or run.output
+        ):
             try:
                 await sink.finish(run)
+            except BotError as exc:  # a deferred first post was refused: never shown at all
+                run.status, run.error = RunStatus.FAILED, str(exc)
             except Exception:
                 log.exception("run %s: could not show the final state", run.id)
         run.slack_writes = sink.writes
@@ -252,7 +265,7 @@ class Runner:
             team_id=run.team_id,
             channel_id=run.channel_id,
             thread_ts=run.thread_ts,
-            message_ts=run.message_ts,
+            message_ts=lambda: run.message_ts,  # posted when the channel's turn comes
         )
         try:
             # run_stream_events, not run_stream: text a model writes before a tool call must

@@ -37,18 +37,21 @@ class Checkpoints:
         self._interval = interval
         self._last = time.monotonic()
         self._wanted: RunRecord | None = None
+        self._message_ts: str | None = None  # as last asked to be saved
         self._pending: asyncio.Task[None] | None = None
 
     def now(self, run: RunRecord) -> None:
         """Save `run` as it is when its turn comes; never waits."""
         self._last = time.monotonic()
+        self._message_ts = run.message_ts
         self._wanted = run
         if self._pending is None or self._pending.done():
             self._pending = asyncio.create_task(self._save_wanted(), name=f"checkpoint-{run.id}")
 
     def maybe(self, run: RunRecord) -> None:
-        """Save `run` when a checkpoint interval has passed since the last."""
-        if time.monotonic() - self._last >= self._interval:
+        """Save `run` when a checkpoint interval has passed since the last, or at once when
+        its message was posted since (a busy channel posts it late: a restart needs its ts)."""
+        if run.message_ts != self._message_ts or time.monotonic() - self._last >= self._interval:
             self.now(run)
 
     async def settled(self) -> None:

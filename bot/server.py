@@ -25,7 +25,7 @@ from bot.agents import AgentRegistry, ModelFactory
 from bot.config import AppConfig, Settings
 from bot.limits import Admission, Guard
 from bot.mcp import McpServers
-from bot.metrics import Metrics
+from bot.metrics import Metrics, watch_loop_lag
 from bot.models import RunStatus, utcnow
 from bot.runner import LiveRuns, Runner
 from bot.tasks import BackgroundTasks
@@ -163,6 +163,7 @@ class Service:
         )
         self._polling: asyncio.Task[None] | None = None
         self._recovering_later: asyncio.Task[None] | None = None
+        self._watching_lag: asyncio.Task[None] | None = None
         self.recoveries = 0  # recovery passes made (start-up's included)
         self._recovered = asyncio.Event()
         self.port: int | None = None
@@ -191,6 +192,9 @@ class Service:
 
         Recovery runs now, then every `lease_stale_after` seconds (`recover_later`)."""
         await self.recover()
+        self._watching_lag = asyncio.create_task(
+            watch_loop_lag(self.parts.metrics), name="event-loop-lag"
+        )
         self._web = web.AppRunner(app or self.web_app(), handle_signals=False, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, host, port) if sock is None else web.SockSite(self._web, sock)
@@ -282,9 +286,10 @@ class Service:
         # Final records the database refused so far get one last try.
         if lost := await self.parts.runner.records.flush():
             log.error("%d final record(s) could not be saved before shutdown", lost)
-        if self._polling is not None:
-            self._polling.cancel()
-            await asyncio.wait([self._polling])
+        for task in (self._polling, self._watching_lag):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         if self._web is not None:
             await self._web.cleanup()
         await self.parts.pacer.close()
