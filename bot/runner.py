@@ -119,9 +119,7 @@ class Runner:
         checkpoints = Checkpoints(self._store, interval=self._checkpoint_interval)
         try:
             with self.live.track(run) as live:
-                shown = await self._carry_out(
-                    agent, run, sink, policy, history, checkpoints, live
-                )
+                shown = await self._carry_out(agent, run, sink, policy, history, checkpoints, live)
                 run.finished_at = utcnow()
                 run.duration_ms = round((time.monotonic() - started) * 1000)
                 if on_settled is not None:
