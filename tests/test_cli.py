@@ -1,11 +1,12 @@
-"""The command line as a user runs it: real processes, real database files."""
+"""The command line: parsing, output and exit status in this process (`InProcess`: fast), and
+what only a real process shows (the console script, an exit status and stderr through a
+process, `serve` answering and shutting down on SIGTERM). Real database files throughout."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,28 +14,18 @@ import pytest
 
 from bot.cli import parse_since
 from bot.errors import InputError
-from bot.models import RECORD_FIELDS, RunKind, RunRecord, RunStatus
+from bot.models import RECORD_FIELDS, RunKind, RunQuery, RunRecord, RunStatus
 from storage.db import create_engine, upgrade
 from storage.repository import SqlRunStore
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET
-from tests.processes import ROOT, base_env, bot_process
+from tests.processes import InProcess, agentbot, bot_process
+
+__all__ = ["agentbot"]  # other test files run `agentbot` as a real process from here
 
 
-async def agentbot(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**base_env(), **(env or {})},
-        cwd=cwd or ROOT,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return process.returncode, out.decode(), err.decode()
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    return InProcess(monkeypatch, capsys, cwd=tmp_path)
 
 
 @pytest.fixture
@@ -79,8 +70,18 @@ async def history_db(tmp_path: Path) -> str:
     return url
 
 
-async def test_history_json_prints_run_objects_with_every_field(history_db):
-    code, out, err = await agentbot("history", "--json", env={"AGENTBOT_DATABASE_URL": history_db})
+def one_line(err: str) -> str:
+    """The only line on stderr (fails if there are more, or a traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# -- history, in this process --------------------------------------------------------------
+
+
+async def test_history_json_prints_run_objects_with_every_field(history_db, cli):
+    code, out, err = await cli("history", "--json", env={"AGENTBOT_DATABASE_URL": history_db})
     assert code == 0, err
     runs = json.loads(out)
     assert [r["prompt"] for r in runs] == ["child", "how do we ship on Fridays?", "what failed?"]
@@ -100,26 +101,25 @@ async def test_history_json_prints_run_objects_with_every_field(history_db):
         (["--limit", "1"], ["child"]),
     ],
 )
-async def test_history_filters(history_db, args, expected):
-    code, out, err = await agentbot(
-        "history", "--json", *args, env={"AGENTBOT_DATABASE_URL": history_db}
-    )
+async def test_history_filters(history_db, cli, args, expected):
+    env = {"AGENTBOT_DATABASE_URL": history_db}
+    code, out, err = await cli("history", "--json", *args, env=env)
     assert code == 0, err
     assert [r["prompt"] for r in json.loads(out)] == expected
 
 
-async def test_history_table_csv_and_show(history_db):
+async def test_history_table_csv_and_show(history_db, cli):
     env = {"AGENTBOT_DATABASE_URL": history_db}
-    code, out, _ = await agentbot("history", env=env)
+    code, out, _ = await cli("history", env=env)
     assert code == 0 and out.splitlines()[0].split()[:4] == ["created_at", "id", "kind", "status"]
     assert "how do we ship on Fridays?" in out
-    code, out, _ = await agentbot("history", "--csv", env=env)
+    code, out, _ = await cli("history", "--csv", env=env)
     assert (
         code == 0 and out.splitlines()[0] == ",".join(RECORD_FIELDS) and len(out.splitlines()) == 4
     )
-    code, out, _ = await agentbot("history", "--json", "--search", "Fridays", env=env)
+    code, out, _ = await cli("history", "--json", "--search", "Fridays", env=env)
     parent_id = json.loads(out)[0]["id"]
-    code, out, _ = await agentbot("history", "show", parent_id, "--json", env=env)
+    code, out, _ = await cli("history", "show", parent_id, "--json", env=env)
     assert code == 0 and [r["prompt"] for r in json.loads(out)] == [
         "how do we ship on Fridays?",
         "child",
@@ -138,7 +138,7 @@ async def test_history_table_csv_and_show(history_db):
         (["history", "--limit", "0"], {}, "--limit must be between 1 and 1000"),
         (["history", "show", "nope"], {}, "no run with id 'nope'"),
         (
-            ["serve"],
+            ["serve", "--host", "127.0.0.1", "--port", "0"],
             {"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "y", "AGENTBOT_MODEL": "nope:x"},
             "AGENTBOT_MODEL='nope:x'",
         ),
@@ -146,13 +146,11 @@ async def test_history_table_csv_and_show(history_db):
         (["nonsense"], {}, "invalid choice"),
     ],
 )
-async def test_bad_input_is_one_line_and_exit_2(tmp_path, args, env, message):
+async def test_bad_input_is_one_line_and_exit_2(tmp_path, cli, args, env, message):
     env = {"AGENTBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", **env}
-    code, out, err = await agentbot(*args, env=env, cwd=tmp_path)
+    code, out, err = await cli(*args, env=env)
     assert code == 2, (out, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in err
+    assert message in one_line(err)
 
 
 def test_parse_since_forms():
@@ -163,6 +161,15 @@ def test_parse_since_forms():
     assert parse_since("2026-11-01", now=now) == datetime(2026, 11, 1, tzinfo=UTC)
     with pytest.raises(InputError):
         parse_since("soon", now=now)
+
+
+# -- real processes ------------------------------------------------------------------------
+
+
+async def test_an_exit_status_and_stderr_through_a_process(tmp_path):
+    code, out, err = await agentbot("history", "--status", "weird", env={}, cwd=tmp_path)
+    assert code == 2 and out == ""
+    assert "invalid choice" in one_line(err)
 
 
 async def test_serve_process_answers_and_shuts_down_gracefully(emulator, tmp_path):
@@ -185,9 +192,10 @@ async def test_serve_process_answers_and_shuts_down_gracefully(emulator, tmp_pat
     [message] = emulator.messages("C123")
     assert "Interrupted" in str(message.blocks) and "shut down" in str(message.blocks)
     assert "Demo model" in str(message.blocks)
-    _, out, _ = await agentbot(
-        "history", "--json", env={"AGENTBOT_DATABASE_URL": env["AGENTBOT_DATABASE_URL"]}
-    )
-    [run] = json.loads(out)
-    assert run["status"] == "interrupted" and run["model"] == "demo"
-    assert run["message_ts"] == message.ts
+    engine = create_engine(env["AGENTBOT_DATABASE_URL"])
+    try:
+        [run] = await SqlRunStore(engine).query(RunQuery())
+    finally:
+        await engine.dispose()
+    assert run.status is RunStatus.INTERRUPTED and run.model == "demo"
+    assert run.message_ts == message.ts
