@@ -5,20 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, NoReturn
 
 from bot.config import Settings, load_config, load_settings, require
 from bot.errors import BotError, ConfigError, InputError
 from bot.models import RunCursor, RunKind, RunQuery, RunStatus, StatsQuery, iso_utc
 from bot.query import DEFAULT_STATS_SINCE, parse_since
 from bot.report import ProgressBar, RunWriter, stats_text, tool_calls_text
+from bot.text import one_line
 
 if TYPE_CHECKING:
     from storage.repository import SqlRunStore
@@ -28,14 +32,20 @@ __all__ = ["build_parser", "main", "parse_since"]
 log = logging.getLogger("agentbot")
 
 
+PROG = "agentbot"
+SIGPIPE_STATUS = 141  # what a shell reports for a process killed by SIGPIPE (128 + 13)
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
-        raise InputError(f"{self.prog}: {message}")
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other bad input
+        command = self.prog.removeprefix(PROG).strip()  # main adds the one `agentbot:`
+        raise InputError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="agentbot", description="Run pydantic-ai agents inside Slack.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog=PROG, description="Run pydantic-ai agents inside Slack.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the bot (HTTP mode, or Socket Mode with --socket)")
     serve.add_argument("--port", type=int, help="HTTP port (default $PORT or 3000)")
@@ -46,12 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = sub.add_parser("history", help="list recorded runs, newest first; `history show ID`")
     history.add_argument(
-        "show", nargs="*", metavar="show RUN_ID", help="show one run with its children"
+        "show",
+        nargs="*",
+        metavar="show RUN_ID",
+        help="show one run in full, with its parts; the first characters of the id will do",
     )
-    history.add_argument("--user")
-    history.add_argument("--channel")
-    history.add_argument("--status", choices=[s.value for s in RunStatus])
-    history.add_argument("--kind", choices=[k.value for k in RunKind])
+    history.add_argument("--user", help="only runs of this Slack user (ID, e.g. U0123)")
+    history.add_argument("--channel", help="only runs in this channel (ID, e.g. C0123)")
+    history.add_argument(
+        "--status", choices=[s.value for s in RunStatus], help="only runs with this status"
+    )
+    history.add_argument(
+        "--kind", choices=[k.value for k in RunKind], help="only runs of this kind"
+    )
     history.add_argument("--since", help="7d, 24h, 30m or a date such as 2026-11-01")
     history.add_argument("--search", help="words to find in prompts")
     history.add_argument("--team", help="only this workspace (team ID)")
@@ -74,14 +91,33 @@ def build_parser() -> argparse.ArgumentParser:
     playground.add_argument("--port", type=int, help="HTTP port (default $PORT or 3000)")
 
     db = sub.add_parser("db", help="database maintenance")
-    db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db_sub = db.add_subparsers(
+        dest="db_command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     db_sub.add_parser("upgrade", help="create or upgrade the schema")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _version() -> str:
     try:
-        args = build_parser().parse_args(argv)
+        return version(PROG)
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `agentbot ARGV` (default: the process's arguments) and return its exit status:
+    0 done; 2 for bad input, a bad setting or no command (one `agentbot: …` line, or the
+    usage, on stderr); 130 on Ctrl-C; 141 when the reader of stdout went away."""
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help or --version: printed already
+            return exc.code if isinstance(exc.code, int) else 0
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
         _configure_logging(verbose=args.command in ("serve", "playground"))
         settings = load_settings()
         match args.command:
@@ -95,12 +131,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(_db_upgrade(settings))
             case "playground":
                 return _playground(settings, args)
-    except (BotError, ConfigError) as exc:
-        print(f"agentbot: {exc}", file=sys.stderr)
+    except BotError as exc:
+        print(f"{PROG}: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    raise AssertionError("unreachable")
+    except BrokenPipeError:
+        # `agentbot history | head`: stop quietly, as `cat` would. Closing stdout now keeps
+        # the interpreter from failing again when it flushes stdout at exit.
+        with suppress(OSError):
+            sys.stdout.close()
+        return SIGPIPE_STATUS
+    raise AssertionError(f"unknown command {args.command!r}")
 
 
 def _configure_logging(*, verbose: bool) -> None:
@@ -123,6 +165,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     require(settings, "slack_app_token" if socket_mode else "slack_signing_secret")
     config = load_config(settings)
     port = _port(args, settings)
+    _check_listen(args.host, port)
     asyncio.run(
         _serve_until_signal(settings, config, host=args.host, port=port, socket_mode=socket_mode)
     )
@@ -144,9 +187,9 @@ async def _serve_until_signal(
         loop.add_signal_handler(sig, stop.set)
     try:
         await service.start(host=host, port=port, socket_mode=socket_mode)
-    except OSError as exc:
+    except OSError as exc:  # taken since `_check_listen` looked
         await service.stop(grace=0)
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise _cannot_listen(host, port, exc) from None
     await stop.wait()
     log.info("shutting down: letting live runs finish for up to %.0f s", settings.shutdown_grace)
     await service.stop(grace=settings.shutdown_grace)
@@ -159,13 +202,40 @@ def _port(args: argparse.Namespace, settings: Settings) -> int:
     return port
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Raise `ConfigError` (suggesting `--port` when the port is taken) unless `host:port`
+    can be listened on: checked before anything starts, so that nothing is half started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the server will: a port left in TIME_WAIT by a previous run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise _cannot_listen(host, port, exc) from None
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"port {port} on {host} is in use: stop what uses it, or choose another with --port"
+        )
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"not allowed to listen on port {port}: choose another with --port")
+    return ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 # -- playground ----------------------------------------------------------------------------
+
+
+PLAYGROUND_HOST = "127.0.0.1"  # where `run_playground` listens: the page is for this machine
 
 
 def _playground(settings: Settings, args: argparse.Namespace) -> int:
     from bot.playground.app import run_playground
 
     port = _port(args, settings)
+    _check_listen(PLAYGROUND_HOST, port)
     return run_playground(settings, load_config(settings), port=port)
 
 

@@ -4,21 +4,26 @@ process, `serve` answering and shutting down on SIGTERM). Real database files th
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
 import json
 import signal
+import socket
+import sys
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
-from bot.cli import parse_since
+from bot.cli import build_parser, parse_since
 from bot.errors import InputError
 from bot.models import RECORD_FIELDS, RunKind, RunQuery, RunRecord, RunStatus
 from storage.db import create_engine, upgrade
 from storage.repository import SqlRunStore
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET
-from tests.processes import InProcess, agentbot, bot_process
+from tests.processes import InProcess, agentbot, base_env, bot_process
 
 __all__ = ["agentbot"]  # other test files run `agentbot` as a real process from here
 
@@ -126,6 +131,9 @@ async def test_history_table_csv_and_show(history_db, cli):
     ]
 
 
+# -- errors, usage, version, help ----------------------------------------------------------
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
@@ -134,23 +142,58 @@ async def test_history_table_csv_and_show(history_db, cli):
         (["serve", "--socket"], {"SLACK_BOT_TOKEN": "xoxb-1"}, "SLACK_APP_TOKEN is not set"),
         (["history"], {"PORT": "eighty"}, "PORT:"),
         (["history", "--since", "yesterday"], {}, "--since: 'yesterday'"),
-        (["history", "--status", "weird"], {}, "invalid choice"),
+        (["history", "--status", "weird"], {}, "history: argument --status: invalid choice"),
         (["history", "--limit", "0"], {}, "--limit must be between 1 and 1000"),
-        (["history", "show", "nope"], {}, "no run with id 'nope'"),
         (
             ["serve", "--host", "127.0.0.1", "--port", "0"],
             {"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "y", "AGENTBOT_MODEL": "nope:x"},
             "AGENTBOT_MODEL='nope:x'",
         ),
         (["history"], {"AGENTBOT_DATABASE_URL": "mysql://nope"}, "AGENTBOT_DATABASE_URL"),
-        (["nonsense"], {}, "invalid choice"),
+        (["nonsense"], {}, "argument COMMAND: invalid choice: 'nonsense'"),
+        (["db"], {}, "db: the following arguments are required: COMMAND"),
+        (["stats", "--since", "soonish"], {}, "--since: 'soonish' is not like 7d"),
+        (
+            ["serve", "--port", "70000"],
+            {"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "y"},
+            "--port: 70000 is not a port number",
+        ),
     ],
 )
-async def test_bad_input_is_one_line_and_exit_2(tmp_path, cli, args, env, message):
+async def test_bad_input_is_one_line_with_one_prefix_and_exit_2(tmp_path, cli, args, env, message):
     env = {"AGENTBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", **env}
     code, out, err = await cli(*args, env=env)
-    assert code == 2, (out, err)
-    assert message in one_line(err)
+    assert code == 2 and out == "", (out, err)
+    assert one_line(err).startswith(f"agentbot: {message}")  # one prefix, then the message
+
+
+async def test_no_arguments_prints_usage_and_exits_2(cli):
+    code, out, err = await cli()
+    assert code == 2 and out == ""
+    assert err.startswith("usage: agentbot ")
+    for name in ("serve", "history", "stats", "playground", "db"):
+        assert f"\n    {name} " in err or f"\n    {name}\n" in err, name
+
+
+async def test_version_comes_from_the_package_metadata(cli):
+    code, out, err = await cli("--version")
+    assert code == 0 and err == ""
+    assert out == f"agentbot {version('agentbot')}\n"
+
+
+def test_every_option_has_help():
+    missing = []
+
+    def visit(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    visit(sub)
+            elif not action.help:
+                missing.append(f"{parser.prog} {'/'.join(action.option_strings) or action.dest}")
+
+    visit(build_parser())
+    assert missing == []
 
 
 def test_parse_since_forms():
@@ -163,13 +206,66 @@ def test_parse_since_forms():
         parse_since("soon", now=now)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--host", "127.0.0.1"],
+        ["playground"],
+    ],
+)
+async def test_a_port_in_use_suggests_another_with_port(tmp_path, cli, args):
+    env = {
+        "SLACK_BOT_TOKEN": "x",
+        "SLACK_SIGNING_SECRET": "y",
+        "AGENTBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await cli(*args, "--port", str(port), env=env)
+    assert code == 2 and out == ""
+    assert one_line(err) == (
+        f"agentbot: port {port} on 127.0.0.1 is in use: "
+        "stop what uses it, or choose another with --port"
+    )
+    assert not (tmp_path / "serve.db").exists()  # refused before anything started
+
+
+class ClosedPipe(io.StringIO):
+    """stdout whose reader went away after the first line (`agentbot history | head -1`)."""
+
+    def write(self, text: str) -> int:
+        if self.tell():
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+async def test_a_reader_that_goes_away_ends_the_output_quietly(history_db, cli, monkeypatch):
+    pipe = ClosedPipe()
+    env = {"AGENTBOT_DATABASE_URL": history_db}
+    with monkeypatch.context() as patch:  # undone before capsys puts its own stdout back
+        patch.setattr(sys, "stdout", pipe)
+        code, _, err = await cli("history", "--all", "--csv", env=env)
+    assert code == 141 and pipe.closed
+    assert err == ""  # no traceback
+
+
 # -- real processes ------------------------------------------------------------------------
 
 
-async def test_an_exit_status_and_stderr_through_a_process(tmp_path):
-    code, out, err = await agentbot("history", "--status", "weird", env={}, cwd=tmp_path)
+async def test_the_console_script_and_an_exit_status_through_a_process(tmp_path):
+    script = Path(sys.executable).parent / "agentbot"
+    console = await asyncio.create_subprocess_exec(
+        script, "--version", stdout=asyncio.subprocess.PIPE, env=base_env(), cwd=tmp_path
+    )
+    (code, out, err), (version_out, _) = await asyncio.gather(
+        agentbot("history", "--status", "weird", env={}, cwd=tmp_path),
+        asyncio.wait_for(console.communicate(), 60),
+    )
+    assert console.returncode == 0 and version_out.decode() == f"agentbot {version('agentbot')}\n"
     assert code == 2 and out == ""
-    assert "invalid choice" in one_line(err)
+    assert one_line(err).startswith("agentbot: history: argument --status: invalid choice")
 
 
 async def test_serve_process_answers_and_shuts_down_gracefully(emulator, tmp_path):
