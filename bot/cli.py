@@ -15,16 +15,18 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from bot.config import Settings, load_config, load_settings, require
 from bot.errors import BotError, ConfigError, InputError
 from bot.models import RunCursor, RunKind, RunQuery, RunStatus, StatsQuery, iso_utc
 from bot.query import DEFAULT_STATS_SINCE, parse_since
-from bot.report import ProgressBar, RunWriter, stats_text, tool_calls_text
+from bot.report import ProgressBar, RunWriter, run_text, stats_text
 from bot.text import one_line
 
 if TYPE_CHECKING:
+    from bot.models import RunRecord
     from storage.repository import SqlRunStore
 
 __all__ = ["build_parser", "main", "parse_since"]
@@ -245,27 +247,76 @@ EXPORT_PAGE = 1000
 
 
 async def _history(settings: Settings, args: argparse.Namespace) -> int:
-    if args.show and (args.show[0] != "show" or len(args.show) != 2):
-        raise InputError("usage: agentbot history show RUN_ID  (or agentbot history [filters])")
-    query = None if args.show else _query_from_args(args)
-    async with _store(settings) as store:
-        writer = RunWriter(sys.stdout, as_json=args.json, as_csv=args.csv)
+    run_id = _show_argument(args.show)
+    query = None if run_id is not None else _query_from_args(args)
+    async with _store(settings) as (store, where):
         if query is None:
-            run = await store.get(args.show[1])
-            if run is None:
-                raise InputError(f"no run with id {args.show[1]!r}")
-            runs = [run, *await store.children(run.id)]
-            writer.write(runs)
-            if not (args.json or args.csv):
-                writer.close()
-                sys.stdout.write(tool_calls_text(runs))
-                return 0
-        elif args.all:
+            return await _show(store, run_id or "", args, where=where)
+        if args.all:  # written page by page, as the pages come
+            _name_database(where)
+            writer = RunWriter(sys.stdout, as_json=args.json, as_csv=args.csv)
             await _export(store, query, writer)
-        else:
-            writer.write(await store.query(query))
-        writer.close()
+            writer.close()
+            return 0
+        runs = await store.query(query)
+    _name_database(where)
+    writer = RunWriter(sys.stdout, as_json=args.json, as_csv=args.csv)
+    writer.write(runs)
+    writer.close()
     return 0
+
+
+def _show_argument(words: list[str]) -> str | None:
+    """The run id of `history show RUN_ID`; None for a listing (no words)."""
+    if not words:
+        return None
+    if words[0] != "show":
+        raise InputError(
+            f"history: unexpected {words[0]!r} (filters are options such as --user; "
+            "one run is `agentbot history show RUN_ID`)"
+        )
+    if len(words) != 2 or not words[1].strip():
+        raise InputError("history show: give one run id (or its first characters)")
+    return words[1].strip()
+
+
+async def _show(store: SqlRunStore, given: str, args: argparse.Namespace, *, where: str) -> int:
+    """The run `given` names and its parts, in full (as text, JSON with tool calls, or CSV)."""
+    run = await _find_run(store, given, where=where)
+    runs = [run, *await store.children(run.id)]
+    _name_database(where)
+    if args.json:
+        objects = [{**r.to_dict(), "tool_calls": r.tool_calls or []} for r in runs]
+        json.dump(objects, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    elif args.csv:
+        writer = RunWriter(sys.stdout, as_csv=True)
+        writer.write(runs)
+        writer.close()
+    else:
+        sys.stdout.write(run_text(run, runs[1:]))
+    return 0
+
+
+async def _find_run(store: SqlRunStore, given: str, *, where: str) -> RunRecord:
+    """The run whose id is `given`, else the only run whose id starts with `given`."""
+    run = await store.get(given) if _may_be_id(given) else None
+    if run is not None:
+        return run
+    ids = await store.ids_starting_with(given, limit=3) if _may_be_id(given) else []
+    if len(ids) > 1:
+        some = ", ".join(ids[:2]) + (", …" if len(ids) > 2 else "")
+        raise InputError(f"{given!r} starts more than one run id ({some}): give more of it")
+    run = await store.get(ids[0]) if ids else None
+    if run is None:  # (or deleted in between)
+        raise InputError(f"no run with an id starting {given!r} in {where}")
+    return run
+
+
+def _may_be_id(text: str) -> bool:
+    # Run ids are ASCII; a byte the terminal could not decode (a lone surrogate) or a control
+    # character would only make the database driver fail.
+    return text.isascii() and text.isprintable()
 
 
 async def _export(store: SqlRunStore, query: RunQuery, writer: RunWriter) -> None:
@@ -293,8 +344,9 @@ async def _export(store: SqlRunStore, query: RunQuery, writer: RunWriter) -> Non
 async def _stats(settings: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     since = parse_since(args.since, now=now)
-    async with _store(settings) as store:
+    async with _store(settings) as (store, where):
         stats = await store.stats(StatsQuery(team_id=args.team, since=since))
+    _name_database(where)
     if args.json:
         out = {"since": iso_utc(since), "team_id": args.team, **stats.to_dict()}
         json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
@@ -305,16 +357,54 @@ async def _stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 @asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[SqlRunStore]:
-    from storage.db import create_engine, upgrade
+async def _store(settings: Settings) -> AsyncIterator[tuple[SqlRunStore, str]]:
+    """The run store for a command that only reads (`history`, `stats`), and the database's
+    name: the database must exist and be at the latest schema, and is left as it is
+    (nothing created, nothing migrated)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.db import SETTING, create_engine, first_line, require_current
     from storage.repository import SqlRunStore
 
+    where, sqlite_file = _database_name(settings.database_url)
+    if sqlite_file is not None and not sqlite_file.exists():
+        raise ConfigError(
+            f"no database at {where}: nothing was recorded there "
+            f"(point {SETTING} at the database `agentbot serve` uses)"
+        )
     engine = create_engine(settings.database_url)
     try:
-        await upgrade(engine)
-        yield SqlRunStore(engine)
+        await require_current(engine)
+        yield SqlRunStore(engine), where
+    except SQLAlchemyError as exc:  # locked for too long, corrupt, gone: not a bug of ours
+        raise ConfigError(f"{SETTING}: reading {where} failed: {first_line(exc)}") from None
     finally:
         await engine.dispose()
+
+
+def _name_database(where: str) -> None:
+    """Say which database the output comes from: one line on stderr, so that stdout stays
+    data (`--json`, `--csv`); printed once the answer is there, so a refusal stays one line."""
+    print(f"database: {where}", file=sys.stderr, flush=True)
+
+
+def _database_name(url: str) -> tuple[str, Path | None]:
+    """How to name the database at `url` to a person (a SQLite file's absolute path, else the
+    URL without its password), and the SQLite file if it is one."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url, None  # `create_engine` says what is wrong with it
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return parsed.render_as_string(hide_password=True), None
+    if database.startswith("file:"):  # an SQLite URI: opened as it says, named as given
+        return url, None
+    path = Path(database).expanduser().absolute()
+    return str(path), path
 
 
 def _query_from_args(args: argparse.Namespace) -> RunQuery:
@@ -343,5 +433,5 @@ async def _db_upgrade(settings: Settings) -> int:
         await upgrade(engine)
     finally:
         await engine.dispose()
-    print("database is up to date")
+    print(f"database is up to date: {_database_name(settings.database_url)[0]}")
     return 0

@@ -16,11 +16,16 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 
 from bot.cli import build_parser, parse_since
 from bot.errors import InputError
 from bot.models import RECORD_FIELDS, RunKind, RunQuery, RunRecord, RunStatus
-from storage.db import create_engine, upgrade
+from storage.db import MIGRATIONS_DIR, create_engine, upgrade
 from storage.repository import SqlRunStore
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET
 from tests.processes import InProcess, agentbot, base_env, bot_process
@@ -73,6 +78,10 @@ async def history_db(tmp_path: Path) -> str:
     )
     await engine.dispose()
     return url
+
+
+def database_file(url: str) -> Path:
+    return Path(url.removeprefix("sqlite+aiosqlite:///"))
 
 
 def one_line(err: str) -> str:
@@ -131,6 +140,174 @@ async def test_history_table_csv_and_show(history_db, cli):
     ]
 
 
+async def test_history_names_the_database_it_read_on_stderr(history_db, cli):
+    path = database_file(history_db)
+    for args in (["history", "--json"], ["history", "--csv", "--all"], ["stats", "--json"]):
+        code, out, err = await cli(*args, env={"AGENTBOT_DATABASE_URL": history_db})
+        assert code == 0 and err == f"database: {path}\n", (args, err)
+        assert out.startswith(("[", "{", "kind,")), out  # stdout holds only the data
+    # A relative path (the default is ./agentbot.db) is named as the file it resolved to.
+    code, _, err = await cli("history", env={"AGENTBOT_DATABASE_URL": "sqlite+aiosqlite:///x.db"},
+                             cwd=path.parent)  # fmt: skip
+    assert code == 2 and one_line(err).startswith(f"agentbot: no database at {path.parent}/x.db")
+
+
+# -- history show --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def team_db(tmp_path: Path) -> dict[str, str]:
+    """A team run with tool calls and two parts; ids chosen to share prefixes."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'team.db'}"
+    engine = create_engine(url)
+    await upgrade(engine)
+    store = SqlRunStore(engine)
+    now = datetime.now(UTC)
+    long_output = "The plan, in full. " * 20 + "THE END"
+    await store.create(
+        RunRecord(
+            id="7a3f00d1",
+            kind=RunKind.TEAM,
+            command="/team",
+            prompt="plan the release\nwith care \x1b[2J",
+            output=long_output,
+            status=RunStatus.SUCCEEDED,
+            input_tokens=1200,
+            output_tokens=345,
+            requests=3,
+            duration_ms=4200,
+            created_at=now - timedelta(minutes=2),
+            tool_calls=[
+                {"name": "fetch_url", "args": "https://example.com", "duration_ms": 80, "ok": True}
+            ],
+        )
+    )
+    for number, (run_id, status, error) in enumerate(
+        [("7a3f0e01", RunStatus.SUCCEEDED, None), ("7a3f0e02", RunStatus.FAILED, "model timeout")]
+    ):
+        await store.create(
+            RunRecord(
+                id=run_id,
+                kind=RunKind.SUBTASK,
+                parent_id="7a3f00d1",
+                prompt=f"part {number}",
+                output=f"part {number} answer",
+                status=status,
+                error=error,
+                created_at=now - timedelta(minutes=1, seconds=-number),
+            )
+        )
+    await engine.dispose()
+    return {"AGENTBOT_DATABASE_URL": url}
+
+
+async def test_history_show_prints_the_whole_run_by_a_unique_prefix(team_db, cli):
+    code, out, err = await cli("history", "show", "7a3f00", env=team_db)
+    assert code == 0, err
+    assert out.startswith("run 7a3f00d1\n")
+    assert "The plan, in full. " * 20 + "THE END" in out.replace("\n    ", "")  # not cut
+    assert "plan the release\n    with care \\x1b[2J" in out  # a terminal escape is shown inert
+    for figure in ("input_tokens   1200", "output_tokens  345", "requests       3", "/team"):
+        assert figure in out, figure
+    assert "fetch_url https://example.com  80 ms  ok" in out
+    assert "part 1 of 2: run 7a3f0e01" in out and "part 0 answer" in out
+    assert "part 2 of 2: run 7a3f0e02" in out and "model timeout" in out
+
+    code, out, _ = await cli("history", "show", "7a3f00", "--json", env=team_db)
+    runs = json.loads(out)
+    assert code == 0 and [run["id"] for run in runs] == ["7a3f00d1", "7a3f0e01", "7a3f0e02"]
+    assert runs[0]["tool_calls"][0]["name"] == "fetch_url" and runs[1]["tool_calls"] == []
+    assert runs[0]["output"].endswith("THE END")
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("7a3f0", "'7a3f0' starts more than one run id (7a3f00d1, 7a3f0e01, …): give more of it"),
+        ("7a3f0e", "'7a3f0e' starts more than one run id (7a3f0e01, 7a3f0e02): give more of it"),
+        ("7b", "no run with an id starting '7b' in "),
+        ("7a3f%", "no run with an id starting '7a3f%' in "),  # not a LIKE wildcard
+        ("\udcff", "no run with an id starting '\\udcff' in "),  # a byte not in UTF-8
+    ],
+)
+async def test_history_show_refuses_an_ambiguous_or_unknown_prefix(team_db, cli, given, message):
+    code, out, err = await cli("history", "show", given, env=team_db)
+    assert code == 2 and out == ""
+    assert one_line(err).startswith(f"agentbot: {message}")
+
+
+# -- reading never creates or migrates -----------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["history"], ["history", "show", "abc"], ["stats", "--json"]])
+async def test_reading_commands_never_create_a_database(tmp_path, cli, args):
+    missing = tmp_path / "not" / "yet" / "agentbot.db"
+    code, out, err = await cli(
+        *args, env={"AGENTBOT_DATABASE_URL": f"sqlite+aiosqlite:///{missing}"}
+    )
+    assert code == 2 and out == ""
+    assert one_line(err).startswith(f"agentbot: no database at {missing}: nothing was recorded")
+    assert not (tmp_path / "not").exists()
+
+
+def migrate_to(revision: str):
+    def run(connection: Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    return run
+
+
+async def revision_of(url: str) -> str | None:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda c: MigrationContext.configure(c).get_current_revision()
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_only_db_upgrade_changes_a_schema_that_is_behind(tmp_path, cli):
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    head = script.get_current_head()
+    assert head is not None
+    before = script.get_revision(head).down_revision
+    assert isinstance(before, str)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(migrate_to(before))
+    await engine.dispose()
+    env = {"AGENTBOT_DATABASE_URL": url}
+
+    for args in (["history"], ["history", "--json"], ["history", "show", "x"], ["stats"]):
+        code, out, err = await cli(*args, env=env)
+        assert code == 2 and out == ""
+        line = one_line(err)
+        assert f"is at schema {before}, this agentbot needs {head}" in line
+        assert line.endswith("run `agentbot db upgrade`")
+    assert await revision_of(url) == before  # left as it was
+
+    code, out, err = await cli("db", "upgrade", env=env)
+    assert code == 0 and out == f"database is up to date: {tmp_path / 'old.db'}\n", err
+    assert await revision_of(url) == head
+    code, out, _ = await cli("history", "--json", env=env)
+    assert code == 0 and out == "[]\n"
+
+
+async def test_a_file_without_agentbot_tables_is_refused_not_migrated(tmp_path, cli):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    code, _, err = await cli("stats", env={"AGENTBOT_DATABASE_URL": f"sqlite+aiosqlite:///{empty}"})
+    assert code == 2
+    assert one_line(err).endswith("no agentbot tables: run `agentbot db upgrade` to create them")
+    assert await revision_of(f"sqlite+aiosqlite:///{empty}") is None
+
+
 # -- errors, usage, version, help ----------------------------------------------------------
 
 
@@ -144,6 +321,8 @@ async def test_history_table_csv_and_show(history_db, cli):
         (["history", "--since", "yesterday"], {}, "--since: 'yesterday'"),
         (["history", "--status", "weird"], {}, "history: argument --status: invalid choice"),
         (["history", "--limit", "0"], {}, "--limit must be between 1 and 1000"),
+        (["history", "show"], {}, "history show: give one run id"),
+        (["history", "shwo", "x"], {}, "history: unexpected 'shwo'"),
         (
             ["serve", "--host", "127.0.0.1", "--port", "0"],
             {"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "y", "AGENTBOT_MODEL": "nope:x"},
@@ -248,7 +427,7 @@ async def test_a_reader_that_goes_away_ends_the_output_quietly(history_db, cli, 
         patch.setattr(sys, "stdout", pipe)
         code, _, err = await cli("history", "--all", "--csv", env=env)
     assert code == 141 and pipe.closed
-    assert err == ""  # no traceback
+    assert err == f"database: {database_file(history_db)}\n"  # and no traceback
 
 
 # -- real processes ------------------------------------------------------------------------
