@@ -10,6 +10,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -159,3 +161,36 @@ def first_line(exc: BaseException) -> str:
     """The first line of an error's message (SQLAlchemy's run to several)."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+async def require_current(engine: AsyncEngine) -> None:
+    """Raise `ConfigError` (one line, naming `agentbot db upgrade`) unless the schema is at
+    the latest migration. Reads the Alembic revision only: the database is not changed, so
+    commands that only read (`history`, `stats`) never migrate a database behind their back.
+    """
+    async with _begin(engine) as conn:
+        current = set(await conn.run_sync(_current_heads))
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    heads = set(script.get_heads())
+    if current == heads:
+        return
+    where = engine.url.render_as_string(hide_password=True)
+    if not current:
+        raise ConfigError(
+            f"{SETTING}: {where} has no agentbot tables: run `agentbot db upgrade` to create them"
+        )
+    known = {rev.revision for rev in script.walk_revisions()}
+    at = ", ".join(sorted(current))
+    if current <= known:
+        raise ConfigError(
+            f"{SETTING}: {where} is at schema {at}, this agentbot needs {', '.join(sorted(heads))}:"
+            " run `agentbot db upgrade`"
+        )
+    raise ConfigError(
+        f"{SETTING}: {where} is at schema {at}, which this agentbot does not know "
+        "(was it upgraded by a newer agentbot?)"
+    )
+
+
+def _current_heads(connection: Connection) -> tuple[str, ...]:
+    return MigrationContext.configure(connection).get_current_heads()

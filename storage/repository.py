@@ -177,6 +177,18 @@ class SqlRunStore:
         )
         return await self._records(stmt)
 
+    async def ids_starting_with(self, prefix: str, *, limit: int = 3) -> list[str]:
+        """Up to `limit` run ids that start with `prefix` (taken literally: `%` and `_` are
+        not wildcards), in id order; for `history show` given the first characters of an id."""
+        stmt = (
+            select(RunRow.id)
+            .where(RunRow.id.startswith(prefix, autoescape=True))
+            .order_by(RunRow.id)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list((await session.scalars(stmt)).all())
+
     async def ping(self) -> None:
         await check(self._engine)
 
