@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import io
 import json
+import re
 import signal
 import socket
 import sys
@@ -207,8 +208,9 @@ async def test_history_show_prints_the_whole_run_by_a_unique_prefix(team_db, cli
     assert out.startswith("run 7a3f00d1\n")
     assert "The plan, in full. " * 20 + "THE END" in out.replace("\n    ", "")  # not cut
     assert "plan the release\n    with care \\x1b[2J" in out  # a terminal escape is shown inert
-    for figure in ("input_tokens   1200", "output_tokens  345", "requests       3", "/team"):
-        assert figure in out, figure
+    for field, value in (("input_tokens", "1200"), ("output_tokens", "345"), ("requests", "3")):
+        assert re.search(rf"^  {field} +{value}$", out, re.M), field
+    assert "/team" in out
     assert "fetch_url https://example.com  80 ms  ok" in out
     assert "part 1 of 2: run 7a3f0e01" in out and "part 0 answer" in out
     assert "part 2 of 2: run 7a3f0e02" in out and "model timeout" in out
