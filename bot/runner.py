@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -23,7 +24,8 @@ from pydantic_ai.exceptions import (
     UsageLimitExceeded,
     UserError,
 )
-from pydantic_ai.messages import ModelMessage
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
+from pydantic_core import PydanticSerializationError
 
 from bot.activity import ToolActivity, ToolCallRecord, text_delta
 from bot.errors import BotError
@@ -34,7 +36,7 @@ from bot.metrics import Metrics
 from bot.models import Progress, RunRecord, RunStatus, utcnow
 from bot.ports import RunStore, Sink
 from bot.saving import Checkpoints, FinalRecords
-from bot.text import preview
+from bot.text import clean_strings, clean_text, preview
 from bot.tools import ThreadReader, ToolDeps, ToolLimits
 
 log = logging.getLogger(__name__)
@@ -290,7 +292,7 @@ class Runner:
                         if delta:
                             if run.first_token_at is None:
                                 run.first_token_at = utcnow()
-                            run.output += delta
+                            run.output += clean_text(delta)  # shown and stored as is
                         progress = Progress(
                             output_tokens=estimate_tokens(run.output),
                             elapsed_s=loop.time() - started,
@@ -303,7 +305,7 @@ class Runner:
                     with contextlib.suppress(UserError):  # no usage if the run never started
                         _copy_usage(events.usage, run, history)
                     run.tool_calls = [summary(record) for record in activity.records] or None
-                run.messages_json = events.result.all_messages_json()
+                run.messages_json = messages_json(events.result.all_messages())
         except TimeoutError as exc:
             if total.expired():
                 limit = f"the model did not finish within {policy.total_timeout:g} s"
@@ -345,6 +347,16 @@ def summary(record: ToolCallRecord) -> dict[str, Any]:
         "ok": bool(record.ok),
         "error": record.error,
     }
+
+
+def messages_json(messages: list[ModelMessage]) -> bytes:
+    """The run's messages as pydantic-ai stores them, with NUL and lone surrogates cleaned
+    out: the model's text is untrusted and no UTF-8 encoder takes a lone surrogate."""
+    try:
+        return ModelMessagesTypeAdapter.dump_json(messages)
+    except PydanticSerializationError:
+        plain = ModelMessagesTypeAdapter.dump_python(messages, mode="json")
+        return json.dumps(clean_strings(plain), ensure_ascii=False).encode()
 
 
 def estimate_tokens(text: str) -> int:
