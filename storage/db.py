@@ -16,6 +16,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.errors import ConfigError
+from storage.history import SQLITE_LOWER
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SETTING = "AGENTBOT_DATABASE_URL"
@@ -110,12 +111,18 @@ async def _open_aiosqlite(*args: Any, **kwargs: Any) -> Any:
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.create_function(SQLITE_LOWER, 1, _lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     try:
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
     finally:
         cursor.close()
+
+
+def _lower(value: object) -> object:
+    """SQLite's `agentbot_lower(x)`: `x.lower()` for text in any alphabet, else `x`."""
+    return value.lower() if isinstance(value, str) else value
 
 
 async def upgrade(engine: AsyncEngine) -> None:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import ColumnElement, Date, Select, cast, func, or_, select
+from sqlalchemy import Boolean, ColumnElement, Date, Select, bindparam, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import defer
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, UnaryExpression
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from bot.models import (
     DayCount,
@@ -25,9 +28,12 @@ from bot.models import (
     StatsQuery,
     percentile_index,
 )
+from bot.query import clean_words
 from storage.tables import RunRow
 
 LIKE_ESCAPE = "\\"
+# Registered on every SQLite connection (storage.db): Python's `str.lower`, for every alphabet.
+SQLITE_LOWER = "agentbot_lower"
 MAX_LIMIT = 1000
 STATS_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATS_END = datetime(9999, 1, 1, tzinfo=UTC)
@@ -83,8 +89,43 @@ def _unindexed(column: ColumnElement[Any]) -> ColumnElement[Any]:
 
 
 def prompt_contains(text: str) -> ColumnElement[bool]:
-    """Case-insensitive substring match on the prompt, with `%`, `_` and `\\` taken literally."""
-    return RunRow.prompt.ilike(f"%{escape_like(text)}%", escape=LIKE_ESCAPE)
+    """Case-insensitive substring match on the prompt, with `%`, `_` and `\\` taken literally;
+    "café" finds "CAFÉ" on every database. A NUL or a lone surrogate, which no database can
+    bind, is left out."""
+    text = clean_words(text)
+    if text.isascii():  # SQLite's lower() and LIKE fold ASCII letters themselves, in C
+        return RunRow.prompt.ilike(f"%{escape_like(text)}%", escape=LIKE_ESCAPE)
+    return UnicodeILike(RunRow.prompt, f"%{escape_like(text.lower())}%")
+
+
+class UnicodeILike(ColumnElement[bool]):
+    """`column ILIKE pattern` (a lower-case pattern, escaped with `LIKE_ESCAPE`).
+
+    PostgreSQL's ILIKE folds every alphabet (and its pg_trgm index serves it); SQLite's
+    lower() and LIKE fold only ASCII, so there the column is lowered by `SQLITE_LOWER`.
+    """
+
+    inherit_cache = True
+    type = Boolean()
+    _traverse_internals: ClassVar[list[tuple[str, InternalTraversal]]] = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("pattern", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: ColumnElement[str], pattern: str) -> None:
+        self.column = column
+        self.pattern: BindParameter[str] = bindparam(None, pattern, unique=True)
+
+
+@compiles(UnicodeILike)
+def _ilike(element: UnicodeILike, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.column.ilike(element.pattern, escape=LIKE_ESCAPE), **kw)
+
+
+@compiles(UnicodeILike, "sqlite")
+def _sqlite_ilike(element: UnicodeILike, compiler: SQLCompiler, **kw: Any) -> str:
+    lowered = getattr(func, SQLITE_LOWER)(element.column)
+    return compiler.process(lowered.like(element.pattern, escape=LIKE_ESCAPE), **kw)
 
 
 def escape_like(text: str) -> str:

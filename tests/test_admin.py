@@ -197,6 +197,16 @@ async def test_filters(bot, text, expected):
         assert "No runs match" in text_of(answer)
 
 
+async def test_search_folds_accents_and_leaves_out_a_nul(bot):
+    await bot.store.create(RunRecord(id="cafe1", kind=RunKind.ASK, team_id=TEAM, user_id="U1",
+                                     prompt="Un CAFÉ noir", created_at=NOW))  # fmt: skip
+    assert shown_ids(await history(bot, "café")) == ["cafe1"]
+    # A NUL (Slack's JSON and forms can carry one) is no reason to fail the query.
+    answer = await history(bot, "rep\x00ort")
+    assert shown_ids(answer) == ["r3", "r1"]
+    assert "could not be read" not in text_of(answer)
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

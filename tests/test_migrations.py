@@ -148,17 +148,21 @@ def test_models_have_a_column_for_every_record_field() -> None:
     assert columns == {field.name for field in dataclasses.fields(RunRecord)}
 
 
+PRAGMAS = ("journal_mode", "foreign_keys", "busy_timeout", "synchronous", "mmap_size")
+
+
 async def test_sqlite_pragmas_on_every_new_connection(tmp_path: Path) -> None:
     async with sqlite_engine(tmp_path / "agentbot.db") as engine:
         await upgrade(engine)
         await engine.dispose()  # the next connection is a new one
         async with engine.connect() as conn:
             pragmas = {
-                name: (await conn.execute(text(f"PRAGMA {name}"))).scalar_one()
-                for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+                name: (await conn.execute(text(f"PRAGMA {name}"))).scalar_one() for name in PRAGMAS
             }
+            lowered = (await conn.execute(text("SELECT agentbot_lower('ÉTÉ Σ')"))).scalar_one()
     assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000,
-                       "synchronous": 1}  # fmt: skip
+                       "synchronous": 1, "mmap_size": 0}  # fmt: skip
+    assert lowered == "été σ"
 
 
 async def test_sqlite_enforces_foreign_keys(tmp_path: Path) -> None:
