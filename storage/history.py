@@ -157,11 +157,16 @@ def runs_page(query: RunQuery, *, candidates: Sequence[str] | None = None) -> Se
 
 
 def stats_conditions(query: StatsQuery) -> list[ColumnElement[bool]]:
-    """The workspace and time range of the stats. Both time bounds are always given, even
+    """The requests (runs without a parent) in the workspace and time range of the stats.
+
+    A team, pipeline or comparison is one request: its children are not counted again, and
+    its tokens already include theirs (`bot.team`). Both time bounds are always given, even
     for "all time": SQLite's planner (without ANALYZE statistics) then reads a covering
-    index over the range, instead of an index that orders the GROUP BY but makes it read
-    every row from the table, five to ten times slower."""
+    index over the range (migration 0007 added `parent_id` to it), instead of an index that
+    orders the GROUP BY but makes it read every row from the table, five to ten times
+    slower."""
     where = _time_range(query.since or STATS_EPOCH, query.until or STATS_END)
+    where.append(RunRow.parent_id.is_(None))
     if query.team_id is not None:
         where.append(RunRow.team_id == query.team_id)
     return where
@@ -203,7 +208,8 @@ def percentile_statement(query: StatsQuery, positions: Sequence[int]) -> Select[
 
 
 async def run_stats(session: AsyncSession, query: StatsQuery, *, dialect: str) -> RunStats:
-    """Runs by status, kind and user, tokens, p50/p95 duration and runs per UTC day."""
+    """Requests by status, kind and user, tokens, p50/p95 duration and requests per UTC day
+    (see `stats_conditions`)."""
     statements = stats_statements(query, dialect=dialect)
     stats = RunStats()
     by_status: dict[RunStatus, int] = {}

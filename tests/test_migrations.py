@@ -25,6 +25,7 @@ from tests.databases import postgres_engine, sqlite_engine
 INDEXES = {
     "ix_runs_created_at_stats": [
         "created_at", "status", "kind", "user_id", "duration_ms", "input_tokens", "output_tokens",
+        "parent_id",
     ],
     "ix_runs_user_id_created_at": ["user_id", "created_at"],
     "ix_runs_channel_id_created_at": ["channel_id", "created_at"],
@@ -36,14 +37,14 @@ INDEXES = {
     "ix_runs_team_id_kind_created_at": ["team_id", "kind", "created_at"],
     "ix_runs_team_id_created_at_stats": [
         "team_id", "created_at", "status", "kind", "user_id", "duration_ms", "input_tokens",
-        "output_tokens",
+        "output_tokens", "parent_id",
     ],
     "ix_runs_parent_id": ["parent_id"],
     "ix_runs_channel_id_thread_ts": ["channel_id", "thread_ts"],
     "ix_runs_channel_id_message_ts": ["channel_id", "message_ts"],
 }  # fmt: skip
 AUDIT_INDEXES = {"ix_audit_at": ["at"], "ix_audit_team_id_at": ["team_id", "at"]}
-HEAD = "0006"
+HEAD = "0007_stats_by_request"
 
 # An aiosqlite worker thread that outlives its event loop fails here, not as a warning.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
