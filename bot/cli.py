@@ -241,7 +241,7 @@ async def _store(settings: Settings) -> AsyncIterator[SqlRunStore]:
 
     engine = create_engine(settings.database_url)
     try:
-        await upgrade(engine)
+        await upgrade(engine, writable=False)  # reading a read-only database is fine
         yield SqlRunStore(engine)
     finally:
         await engine.dispose()
