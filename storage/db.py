@@ -47,7 +47,8 @@ SQLITE_JOURNAL = "PRAGMA journal_mode=DELETE"
 
 
 def create_engine(url: str, *, connect_args: Mapping[str, Any] | None = None) -> AsyncEngine:
-    """An async engine for `url` (SQLite with WAL and foreign keys on, or PostgreSQL).
+    """An async engine for `url` (SQLite with a rollback journal and foreign keys on, or
+    PostgreSQL).
 
     Raises `ConfigError` naming `AGENTBOT_DATABASE_URL` when the URL cannot be used.
     Nothing is connected yet: `upgrade` or `check` opens the first connection.

@@ -19,13 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from bot.errors import ConfigError
 from bot.models import RunKind, RunRecord
 from bot.playground.emulator import SlackEmulator
 from handlers.render import STOP_ACTION_ID
 from storage.db import create_engine, upgrade
 from storage.repository import SqlRunStore
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET
+from tests.databases import PG_URL, postgres_engine
 from tests.processes import BotProcess, bot_process
 from tests.test_ask import all_text
 from tests.test_cli import agentbot
@@ -159,3 +162,38 @@ async def test_a_read_only_database_file_stops_serve_in_one_line_but_can_be_read
         code, out, err = await agentbot("history", "--json", env=env, cwd=tmp_path)
         assert code == 0, err
         assert [run["prompt"] for run in json.loads(out)] == ["kept"]
+
+
+async def test_a_read_only_sqlite_connection_is_a_one_line_config_error(tmp_path):
+    db = tmp_path / "agentbot.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{db}")
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+    read_only_url = f"sqlite+aiosqlite:///file:{db}?mode=ro&uri=true"
+    engine = create_engine(read_only_url)
+    try:
+        with pytest.raises(ConfigError, match=r"^AGENTBOT_DATABASE_URL: .* does not take writes"):
+            await upgrade(engine)
+        await upgrade(engine, writable=False)  # to read it, nothing needs writing
+    finally:
+        await engine.dispose()
+
+
+async def test_a_read_only_postgresql_is_a_one_line_config_error(postgres_unreachable):
+    async with postgres_engine(postgres_unreachable) as engine:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            schema = (await conn.execute(text("SELECT current_schema()"))).scalar_one()
+        settings = {"search_path": schema, "default_transaction_read_only": "on"}
+        standby = create_engine(PG_URL, connect_args={"server_settings": settings})
+        try:
+            with pytest.raises(ConfigError) as caught:
+                await upgrade(standby)
+            message = str(caught.value)
+            assert message.startswith("AGENTBOT_DATABASE_URL: ") and "\n" not in message
+            assert "does not take writes" in message and "read-only transaction" in message
+            await upgrade(standby, writable=False)
+        finally:
+            await standby.dispose()
