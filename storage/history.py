@@ -166,7 +166,9 @@ def stats_conditions(query: StatsQuery) -> list[ColumnElement[bool]]:
     orders the GROUP BY but makes it read every row from the table, five to ten times
     slower."""
     where = _time_range(query.since or STATS_EPOCH, query.until or STATS_END)
-    where.append(RunRow.parent_id.is_(None))
+    # An expression, not `parent_id IS NULL`: SQLite (without ANALYZE statistics) would
+    # otherwise walk ix_runs_parent_id over three quarters of all runs, twenty times slower.
+    where.append(func.coalesce(RunRow.parent_id, "") == "")
     if query.team_id is not None:
         where.append(RunRow.team_id == query.team_id)
     return where
