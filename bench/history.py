@@ -120,6 +120,7 @@ def synthetic_runs(n: int, *, now: datetime) -> Iterator[dict[str, Any]]:
             "input_tokens": rng.randint(50, 3000),
             "output_tokens": rng.randint(20, 2000),
             "requests": 1,
+            "usage_estimated": False,
             "created_at": at,
             "started_at": at,
             "first_token_at": at + timedelta(milliseconds=min(ms, rng.randint(200, 2000))),

@@ -11,10 +11,11 @@ import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from http import HTTPStatus
 
 from aiohttp import web
 from pydantic_ai.models import Model
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
@@ -24,7 +25,7 @@ from bot.agents import AgentRegistry, ModelFactory
 from bot.config import AppConfig, Settings
 from bot.limits import Admission, Guard
 from bot.mcp import McpServers
-from bot.metrics import Metrics
+from bot.metrics import Metrics, watch_loop_lag
 from bot.models import RunStatus, utcnow
 from bot.runner import LiveRuns, Runner
 from bot.tasks import BackgroundTasks
@@ -32,6 +33,7 @@ from bot.team import Orchestrator
 from handlers import render
 from handlers.actions import LEASE_RENEW_EVERY, POLL_INTERVAL, LiveRunsPoller
 from handlers.app import BotDeps, build_app
+from handlers.incoming import RawBodyVerifier, Rejected, bolt_request
 from handlers.pacer import Budget, Pacer, PacerConfig, SlackCallFailed
 from handlers.thread_reader import SlackThreadReader
 from storage.db import create_engine, upgrade
@@ -161,9 +163,12 @@ class Service:
         )
         self._polling: asyncio.Task[None] | None = None
         self._recovering_later: asyncio.Task[None] | None = None
+        self._watching_lag: asyncio.Task[None] | None = None
         self.recoveries = 0  # recovery passes made (start-up's included)
         self._recovered = asyncio.Event()
         self.port: int | None = None
+        secret = parts.settings.slack_signing_secret
+        self._verifier = RawBodyVerifier(secret) if secret else None
 
     def web_app(self) -> web.Application:
         app = web.Application()
@@ -187,6 +192,9 @@ class Service:
 
         Recovery runs now, then every `lease_stale_after` seconds (`recover_later`)."""
         await self.recover()
+        self._watching_lag = asyncio.create_task(
+            watch_loop_lag(self.parts.metrics), name="event-loop-lag"
+        )
         self._web = web.AppRunner(app or self.web_app(), handle_signals=False, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, host, port) if sock is None else web.SockSite(self._web, sock)
@@ -212,11 +220,15 @@ class Service:
         Only runs no process carries out: a live run's process renews its lease every few
         seconds, so a run whose lease (or, before its first renewal, its creation) is older
         than `lease_stale_after` was left by a process that died. Runs live in other
-        processes sharing the database are left alone.
+        processes sharing the database are left alone, and this process's own runs are never
+        taken, whatever their lease says (it may not have been renewed while the database was
+        out of reach).
         """
         stale_before = utcnow() - timedelta(seconds=self._lease_stale_after)
         interrupted = await self.parts.store.mark_interrupted(
-            INTERRUPTED_BY_RESTART, stale_before=stale_before
+            INTERRUPTED_BY_RESTART,
+            stale_before=stale_before,
+            carried=self.parts.runner.live.ids(),
         )
         for run in interrupted:
             if not (run.channel_id and run.message_ts):
@@ -271,9 +283,13 @@ class Service:
             stopped = live.stop_all(status=RunStatus.INTERRUPTED, reason=INTERRUPTED_BY_SHUTDOWN)
             log.info("interrupting %d run(s) still live after %.0f s", stopped, grace)
             await work.wait(FINAL_WRITE_GRACE)
-        if self._polling is not None:
-            self._polling.cancel()
-            await asyncio.wait([self._polling])
+        # Final records the database refused so far get one last try.
+        if lost := await self.parts.runner.records.flush():
+            log.error("%d final record(s) could not be saved before shutdown", lost)
+        for task in (self._polling, self._watching_lag):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         if self._web is not None:
             await self._web.cleanup()
         await self.parts.pacer.close()
@@ -285,7 +301,23 @@ class Service:
             # Slack retries unacknowledged requests: another instance, or this one restarted,
             # takes it.
             return web.Response(status=503, text="shutting down")
-        response = await self.parts.bolt.async_dispatch(await to_bolt_request(request))
+        try:
+            # The signature is checked on the raw bytes before anything parses them.
+            bolt = bolt_request(
+                await request.read(),
+                headers=request.headers,
+                query=request.query_string,
+                verifier=self._verifier,
+            )
+        except Rejected as rejected:
+            log.warning(
+                "refused a request to /slack/events from %s (HTTP %d): %s",
+                request.remote,
+                rejected.status,
+                rejected.reason,
+            )
+            return web.Response(status=rejected.status, text=HTTPStatus(rejected.status).phrase)
+        response = await self.parts.bolt.async_dispatch(bolt)
         return await to_aiohttp_response(response)
 
     async def _healthz(self, request: web.Request) -> web.Response:

@@ -162,7 +162,7 @@ def stats_conditions(query: StatsQuery) -> list[ColumnElement[bool]]:
     A team, pipeline or comparison is one request: its children are not counted again, and
     its tokens already include theirs (`bot.team`). Both time bounds are always given, even
     for "all time": SQLite's planner (without ANALYZE statistics) then reads a covering
-    index over the range (migration 0007 added `parent_id` to it), instead of an index that
+    index over the range (migration 0008 added `parent_id` to it), instead of an index that
     orders the GROUP BY but makes it read every row from the table, five to ten times
     slower."""
     where = _time_range(query.since or STATS_EPOCH, query.until or STATS_END)

@@ -63,7 +63,8 @@ def test_guard_rate_limits_each_user_over_a_sliding_minute():
     assert guard.refusal(user_id="U1", channel_id="C1") is None
     assert guard.refusal(user_id="U1", channel_id="C1") is None
     refusal = guard.refusal(user_id="U1", channel_id="C1")
-    assert refusal and "limit is 2" in refusal and "60 s" in refusal
+    assert refusal and refusal.rate_limited
+    assert "limit is 2" in refusal.text and "60 s" in refusal.text
     assert guard.refusal(user_id="U2", channel_id="C1") is None, "other users are not affected"
     now[0] = 60.5
     assert guard.refusal(user_id="U1", channel_id="C1") is None
@@ -72,8 +73,21 @@ def test_guard_rate_limits_each_user_over_a_sliding_minute():
 def test_guard_allowlists():
     guard = Guard(allowed_users=frozenset({"U1"}), allowed_channels=frozenset({"C1"}))
     assert guard.refusal(user_id="U1", channel_id="C1") is None
-    assert "not on the list" in guard.refusal(user_id="U2", channel_id="C1")
-    assert "not enabled in this channel" in guard.refusal(user_id="U1", channel_id="C2")
+    assert "not on the list" in guard.refusal(user_id="U2", channel_id="C1").text
+    assert "not enabled in this channel" in guard.refusal(user_id="U1", channel_id="C2").text
+
+
+def test_guard_counts_refused_requests_but_not_rate_limited_ones():
+    now = [0.0]
+    guard = Guard(
+        runs_per_user_per_minute=2, allowed_channels=frozenset({"C1"}), clock=lambda: now[0]
+    )
+    assert not guard.refusal(user_id="U1", channel_id="C9").rate_limited  # refused, counted
+    now[0] = 30.0
+    assert guard.refusal(user_id="U1", channel_id="C1") is None
+    assert guard.refusal(user_id="U1", channel_id="C1").rate_limited
+    now[0] = 60.5  # the first (refused) request has left the window; the rate-limited one
+    assert guard.refusal(user_id="U1", channel_id="C1") is None  # never entered it
 
 
 async def test_runs_beyond_the_cap_wait_in_line_and_are_told_their_place(start_bot, emulator):
@@ -82,12 +96,17 @@ async def test_runs_beyond_the_cap_wait_in_line_and_are_told_their_place(start_b
     for channel in ("C1", "C2", "C3"):
         await bot.command("hello", channel_id=channel)
 
-    def shown() -> str:
-        return " ".join(all_text(m) for c in ("C1", "C2", "C3") for m in emulator.messages(c))
+    def told() -> str:
+        return " ".join(str(r.get("text")) for r in emulator.responses)
 
-    # Whichever two arrived second and third wait, and each is told its place.
-    await emulator.wait_for(lambda: "position 1" in shown() and "position 2" in shown())
+    # Whichever two arrived second and third wait, and each is told its place, privately
+    # through the command's response_url: no post slot or edit of the channel is spent.
+    await emulator.wait_for(lambda: "number 1 in line" in told() and "number 2 in line" in told())
+    assert all(r.get("response_type") == "ephemeral" for r in emulator.responses)
     assert len(script.calls) == 1, "only one run at a time reaches the model"
+    assert not any(
+        "position" in all_text(m) for c in ("C1", "C2", "C3") for m in emulator.messages(c)
+    )
     script.released.set()
     runs = await bot.wait_for_run(count=3, timeout=30)
     assert all(r.status is RunStatus.SUCCEEDED for r in runs)

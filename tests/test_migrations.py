@@ -44,7 +44,7 @@ INDEXES = {
     "ix_runs_channel_id_message_ts": ["channel_id", "message_ts"],
 }  # fmt: skip
 AUDIT_INDEXES = {"ix_audit_at": ["at"], "ix_audit_team_id_at": ["team_id", "at"]}
-HEAD = "0007_stats_by_request"
+HEAD = "0008"
 
 # An aiosqlite worker thread that outlives its event loop fails here, not as a warning.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")

@@ -86,6 +86,7 @@ def full_record() -> RunRecord:
         input_tokens=11,
         output_tokens=22,
         requests=3,
+        usage_estimated=True,
         created_at=datetime(2026, 3, 1, 10, 0, 0, 123456, tzinfo=UTC),
         # A different offset: it must come back as the same instant, in UTC.
         started_at=datetime(2026, 3, 1, 12, 0, 1, 654321, tzinfo=plus_two),

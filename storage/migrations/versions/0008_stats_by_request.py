@@ -1,8 +1,8 @@
 """The stats count requests (runs without a parent): `parent_id` joins the covering indexes
 of the stats, so that `/history stats` and `agentbot stats` still read an index alone.
 
-Revision ID: 0007_stats_by_request
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0007_stats_by_request"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
