@@ -51,36 +51,34 @@ def database_files(folder: Path) -> list[Path]:
     return sorted(folder.iterdir(), key=lambda path: (not path.name.endswith("-shm"), path.name))
 
 
-def immutable(paths: list[Path], on: bool) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["chattr", "+i" if on else "-i", *map(str, paths)], capture_output=True, text=True
-    )
+def set_read_only(path: Path, on: bool) -> None:
+    """`chattr +i` as root (root ignores file modes), else the file modes."""
+    if not ROOT_USER:
+        writable = 0o755 if path.is_dir() else 0o644
+        path.chmod((0o555 if path.is_dir() else 0o444) if on else writable)
+        return
+    done = subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"no immutable files here: {done.stderr.decode().strip()}")
 
 
 @contextmanager
-def read_only(paths: list[Path]) -> Iterator[None]:
-    """Make `paths` read-only (even for root); undo it at the end."""
-    if ROOT_USER:
-        made = immutable(paths, True)
-        if made.returncode != 0:
-            immutable(paths, False)
-            pytest.skip(f"no immutable files here: {made.stderr.strip()}")
-    else:
-        for path in paths:
-            path.chmod(0o555 if path.is_dir() else 0o444)
-    os.sync()  # written back: the next write to a mapped page asks the file system again
+def read_only(*paths: Path) -> Iterator[None]:
+    """Make `paths` read-only, in order, and undo it at the end. A folder comes first, so
+    that no file comes or goes (a rollback journal does), then each of its files."""
+    done: list[Path] = []
     try:
+        for path in paths:
+            set_read_only(path, True)
+            done.append(path)
+            for file in database_files(path) if path.is_dir() else []:
+                set_read_only(file, True)
+                done.append(file)
+        os.sync()  # written back: the next write to a mapped page asks the file system again
         yield
     finally:
-        if ROOT_USER:
-            immutable(paths, False)
-        else:
-            for path in paths:
-                path.chmod(0o755 if path.is_dir() else 0o644)
-
-
-def everything_in(folder: Path) -> list[Path]:
-    return [*database_files(folder), folder]
+        for path in reversed(done):
+            set_read_only(path, False)
 
 
 async def until_exited_or(bot: BotProcess, emulator: SlackEmulator, condition) -> None:
@@ -105,7 +103,7 @@ async def test_a_database_made_read_only_mid_run_keeps_the_bot_up(emulator, tmp_
         await emulator.send_slash_command(f"{bot.url}/slack/events", "/ask", "long answer please")
         await emulator.wait_for(lambda: len(emulator.calls_to("chat.update")) >= 1, timeout=15)
         [first] = emulator.messages("C123")
-        with read_only(everything_in(folder)):
+        with read_only(folder):
             await emulator.send_slash_command(f"{bot.url}/slack/events", "/ask", "and this?")
 
             def second_answered() -> bool:
@@ -142,7 +140,7 @@ async def test_a_restart_on_a_read_only_database_after_a_crash_is_one_line_and_e
         await emulator.wait_for(lambda: len(emulator.calls_to("chat.update")) >= 1, timeout=15)
         bot.process.send_signal(signal.SIGKILL)
         await bot.process.wait()
-    with read_only(everything_in(folder)):
+    with read_only(folder):
         assert_one_line_exit_2(*await agentbot("serve", "--port", "0", env=env, cwd=tmp_path))
 
 
@@ -157,7 +155,7 @@ async def test_a_read_only_database_file_stops_serve_in_one_line_but_can_be_read
         await SqlRunStore(engine).create(RunRecord(kind=RunKind.ASK, prompt="kept"))
     finally:
         await engine.dispose()
-    with read_only([db]):
+    with read_only(db):
         assert_one_line_exit_2(*await agentbot("serve", "--port", "0", env=env, cwd=tmp_path))
         code, out, err = await agentbot("history", "--json", env=env, cwd=tmp_path)
         assert code == 0, err
