@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 from bot.config import Settings, load_config, load_settings, require
 from bot.errors import BotError, ConfigError, InputError
 from bot.models import RunCursor, RunKind, RunQuery, RunStatus, StatsQuery, iso_utc
-from bot.query import DEFAULT_STATS_SINCE, parse_since
+from bot.query import DEFAULT_STATS_SINCE, clean_words, parse_since
 from bot.report import ProgressBar, RunWriter, run_text, stats_text
 from bot.text import one_line
 
@@ -417,7 +417,7 @@ def _query_from_args(args: argparse.Namespace) -> RunQuery:
         status=RunStatus(args.status) if args.status else None,
         kind=RunKind(args.kind) if args.kind else None,
         since=parse_since(args.since) if args.since else None,
-        search=args.search,
+        search=clean_words(args.search or "") or None,
         limit=args.limit,
     )
 

@@ -145,7 +145,8 @@ class MemoryRunStore:
         runs = [
             run
             for run in self._runs.values()
-            if (query.team_id is None or run.team_id == query.team_id)
+            if run.parent_id is None  # requests: a team and its children count once
+            and (query.team_id is None or run.team_id == query.team_id)
             and (since is None or run.created_at >= since)
             and (until is None or run.created_at < until)
         ]

@@ -114,6 +114,7 @@ class RunRow(Base):
             "duration_ms",
             "input_tokens",
             "output_tokens",
+            "parent_id",  # migration 0008: the stats count runs without a parent
         ),
         Index("ix_runs_user_id_created_at", "user_id", "created_at"),
         Index("ix_runs_channel_id_created_at", "channel_id", "created_at"),
@@ -134,6 +135,7 @@ class RunRow(Base):
             "duration_ms",
             "input_tokens",
             "output_tokens",
+            "parent_id",
         ),
         Index("ix_runs_parent_id", "parent_id"),
         Index("ix_runs_channel_id_thread_ts", "channel_id", "thread_ts"),

@@ -113,6 +113,8 @@ async def test_history_json_prints_run_objects_with_every_field(history_db, cli)
         (["--channel", "C1"], ["how do we ship on Fridays?"]),
         (["--since", "2d"], ["child", "how do we ship on Fridays?"]),
         (["--search", "FRIDAYS"], ["how do we ship on Fridays?"]),
+        # A byte that is not UTF-8 reaches Python as a lone surrogate: left out, like a NUL.
+        (["--search", "Fri\udcffdays"], ["how do we ship on Fridays?"]),
         (["--limit", "1"], ["child"]),
     ],
 )

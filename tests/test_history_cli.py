@@ -74,32 +74,33 @@ async def test_stats_json_numbers(stats_db, agentbot):
     assert code == 0, err
     stats = json.loads(out)
     assert stats["team_id"] == "T1" and stats["since"].endswith("Z")
-    assert stats["total"] == 5
-    assert stats["by_status"] == {"succeeded": 3, "failed": 1, "running": 1}
+    # Requests: the team run "c" counts once, its subtask "d" not at all.
+    assert stats["total"] == 4
+    assert stats["by_status"] == {"succeeded": 2, "failed": 1, "running": 1}
     assert list(stats["by_status"]) == ["succeeded", "failed", "running"]
-    assert stats["by_kind"] == {"ask": 3, "subtask": 1, "team": 1}
-    assert stats["top_users"] == [{"user_id": "U1", "runs": 3}, {"user_id": "U2", "runs": 1}]
+    assert stats["by_kind"] == {"ask": 3, "team": 1}
+    assert stats["top_users"] == [{"user_id": "U1", "runs": 2}, {"user_id": "U2", "runs": 1}]
     assert stats["users"] == 2
     assert (stats["input_tokens"], stats["output_tokens"]) == (15, 150)
     assert (stats["p50_ms"], stats["p95_ms"]) == (2000, 4000)
     days = {(NOW - timedelta(days=n)).date().isoformat(): runs for n, runs in ((2, 2), (1, 1),
-                                                                               (0, 2))}  # fmt: skip
+                                                                               (0, 1))}  # fmt: skip
     assert {d["day"]: d["runs"] for d in stats["per_day"]} == days
 
 
 async def test_stats_text_and_scopes(stats_db, agentbot):
     code, out, err = await agentbot("stats", env=stats_db)
     assert code == 0, err
-    assert "all workspaces: 6 by 3 people" in out
-    assert "succeeded 4 (67%) · failed 1 (17%) · running 1 (17%)" in out
-    assert "top users  U1 3 · U2 1 · U9 1" in out
-    assert "duration   p50 3.0 s · p95 9.0 s" in out
+    assert "all workspaces: 5 by 3 people" in out
+    assert "succeeded 3 (60%) · failed 1 (20%) · running 1 (20%)" in out
+    assert "top users  U1 2 · U2 1 · U9 1" in out
+    assert "duration   p50 2.0 s · p95 9.0 s" in out
     [chart] = [line for line in out.splitlines() if line.startswith("per day")]
     bars = chart.removeprefix("per day").strip().split("  (")[0]
     assert bars.endswith("█") and set(bars) <= set(" ▁▂▃▄▅▆▇█")
 
     code, out, _ = await agentbot("stats", "--since", "60d", "--json", env=stats_db)
-    assert code == 0 and json.loads(out)["total"] == 7
+    assert code == 0 and json.loads(out)["total"] == 6
     code, out, _ = await agentbot("stats", "--team", "nobody", env=stats_db)
     assert code == 0 and "workspace nobody: 0" in out
 
