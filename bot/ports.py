@@ -113,7 +113,11 @@ class RunStore(Protocol):
         ...
 
     async def mark_interrupted(
-        self, reason: str, *, stale_before: datetime | None = None
+        self,
+        reason: str,
+        *,
+        stale_before: datetime | None = None,
+        carried: Collection[str] = (),
     ) -> list[RunRecord]:
         """Mark every run still `running` or `queued` as `interrupted`; return them, oldest
         first. Atomic: of processes asking at once, each run is returned to one.
@@ -122,6 +126,9 @@ class RunStore(Protocol):
         its lease was renewed (`renew_leases`) at or after `stale_before`, or when it was
         created at or after it (a run's lease starts with its creation, before its process
         first renews it).
+
+        Runs in `carried` are never taken: the asking process carries them out itself (live,
+        or ended with the final record not saved yet), whatever their lease says.
         """
         ...
 

@@ -220,11 +220,15 @@ class Service:
         Only runs no process carries out: a live run's process renews its lease every few
         seconds, so a run whose lease (or, before its first renewal, its creation) is older
         than `lease_stale_after` was left by a process that died. Runs live in other
-        processes sharing the database are left alone.
+        processes sharing the database are left alone, and this process's own runs are never
+        taken, whatever their lease says (it may not have been renewed while the database was
+        out of reach).
         """
         stale_before = utcnow() - timedelta(seconds=self._lease_stale_after)
         interrupted = await self.parts.store.mark_interrupted(
-            INTERRUPTED_BY_RESTART, stale_before=stale_before
+            INTERRUPTED_BY_RESTART,
+            stale_before=stale_before,
+            carried=self.parts.runner.live.ids(),
         )
         for run in interrupted:
             if not (run.channel_id and run.message_ts):
@@ -279,6 +283,9 @@ class Service:
             stopped = live.stop_all(status=RunStatus.INTERRUPTED, reason=INTERRUPTED_BY_SHUTDOWN)
             log.info("interrupting %d run(s) still live after %.0f s", stopped, grace)
             await work.wait(FINAL_WRITE_GRACE)
+        # Final records the database refused so far get one last try.
+        if lost := await self.parts.runner.records.flush():
+            log.error("%d final record(s) could not be saved before shutdown", lost)
         for task in (self._polling, self._watching_lag):
             if task is not None:
                 task.cancel()
