@@ -16,6 +16,7 @@ from bot.models import (
     AuditEntry,
     AuditQuery,
     DayCount,
+    RunCursor,
     RunQuery,
     RunRecord,
     RunStats,
@@ -113,12 +114,17 @@ class MemoryRunStore:
         renewed = self._leases.get(run.id)
         return run.created_at >= cutoff or (renewed is not None and renewed >= cutoff)
 
-    async def find_by_message(self, channel_id: str, ts: str) -> RunRecord | None:
-        """The latest run in `channel_id` whose message or thread is `ts`, with its messages."""
+    async def find_by_message(
+        self, channel_id: str, ts: str, *, before: RunCursor | None = None
+    ) -> RunRecord | None:
+        """The latest run in `channel_id` whose message or thread is `ts`, with its messages;
+        with `before`, the latest of those strictly older than that run."""
         found = [
             run
             for run in self._runs.values()
-            if run.channel_id == channel_id and ts in (run.message_ts, run.thread_ts)
+            if run.channel_id == channel_id
+            and ts in (run.message_ts, run.thread_ts)
+            and (before is None or (run.created_at, run.id) < (before.created_at, before.id))
         ]
         if not found:
             return None

@@ -15,6 +15,7 @@ from bot.models import (
     AuditEntry,
     AuditQuery,
     Progress,
+    RunCursor,
     RunQuery,
     RunRecord,
     RunStats,
@@ -108,8 +109,11 @@ class RunStore(Protocol):
         """The runs whose parent is `parent_id`, oldest first."""
         ...
 
-    async def find_by_message(self, channel_id: str, ts: str) -> RunRecord | None:
-        """The latest run in `channel_id` whose message or thread is `ts`, with its messages."""
+    async def find_by_message(
+        self, channel_id: str, ts: str, *, before: RunCursor | None = None
+    ) -> RunRecord | None:
+        """The latest run in `channel_id` whose message or thread is `ts`, with its messages;
+        with `before`, the latest of those strictly older than that run."""
         ...
 
     async def mark_interrupted(

@@ -16,6 +16,7 @@ from sqlalchemy.orm import defer
 from bot.models import (
     AuditEntry,
     AuditQuery,
+    RunCursor,
     RunQuery,
     RunRecord,
     RunStats,
@@ -153,12 +154,15 @@ class SqlRunStore:
         async with self._sessions.begin() as session:
             await session.execute(stmt)
 
-    async def find_by_message(self, channel_id: str, ts: str) -> RunRecord | None:
-        """The latest run in `channel_id` whose message or thread is `ts`, with its messages."""
+    async def find_by_message(
+        self, channel_id: str, ts: str, *, before: RunCursor | None = None
+    ) -> RunRecord | None:
+        """The latest run in `channel_id` whose message or thread is `ts`, with its messages;
+        with `before`, the latest of those strictly older than that run."""
         stmt = (
             select(RunRow)
             .where(
-                RunRow.channel_id == channel_id,
+                *run_conditions(RunQuery(channel_id=channel_id, before=before)),
                 or_(RunRow.message_ts == ts, RunRow.thread_ts == ts),
             )
             .order_by(RunRow.created_at.desc(), RunRow.id.desc())
