@@ -109,11 +109,15 @@ class RunStore(Protocol):
         """The runs whose parent is `parent_id`, oldest first."""
         ...
 
-    async def find_by_message(
-        self, channel_id: str, ts: str, *, before: RunCursor | None = None
-    ) -> RunRecord | None:
-        """The latest run in `channel_id` whose message or thread is `ts`, with its messages;
-        with `before`, the latest of those strictly older than that run."""
+    async def find_by_message(self, channel_id: str, ts: str) -> RunRecord | None:
+        """The latest run in `channel_id` whose message or thread is `ts`, with its messages."""
+        ...
+
+    async def conversation_page(
+        self, channel_id: str, ts: str | None, *, before: RunCursor, limit: int
+    ) -> list[RunRecord]:
+        """At most `limit` runs in `channel_id` strictly older than `before`, newest first,
+        with their messages: those whose message or thread is `ts`, or all when it is None."""
         ...
 
     async def mark_interrupted(

@@ -43,6 +43,7 @@ _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
 # Runs that continue a conversation; any other kind (a command's run) starts one.
 CONVERSATION_KINDS = frozenset({RunKind.MENTION, RunKind.FOLLOWUP})
 MAX_CHAIN = 200  # most runs read back to rebuild one conversation's history
+PAGE = 16  # runs read at once while walking back a conversation
 
 
 class SeenEvents:
@@ -200,16 +201,13 @@ async def _converse(
     )
 
 
-async def _earlier_run(
-    deps: BotDeps, channel: str, thread_ts: str | None, *, before: RunCursor | None = None
-) -> RunRecord | None:
-    """The latest run of this conversation (older than `before`, when given): in the thread,
-    or (a DM without thread) the channel's latest run."""
+async def _earlier_run(deps: BotDeps, channel: str, thread_ts: str | None) -> RunRecord | None:
+    """The latest run of this conversation: in the thread, or (a DM without thread) the
+    channel's latest run."""
     if thread_ts is not None:
-        return await deps.store.find_by_message(channel, thread_ts, before=before)
+        return await deps.store.find_by_message(channel, thread_ts)
     if channel.startswith("D"):
-        query = RunQuery(channel_id=channel, limit=1, before=before)
-        [latest] = await deps.store.query(query) or [None]
+        [latest] = await deps.store.query(RunQuery(channel_id=channel, limit=1)) or [None]
         return await deps.store.get(latest.id) if latest else None
     return None
 
@@ -221,11 +219,13 @@ async def _conversation(
     history is joined from the chain of runs each one continued, newest first, until it holds
     more than `budget` tokens (the agent trims the rest) or reaches a run that began it.
 
-    A run's predecessor is found as `_converse` found it then: the same lookup, restricted to
-    older runs. A run without messages (failed, refused, still running) adds nothing but does
-    not break the chain."""
+    A run continued the one `_earlier_run` found then: the same lookup among older runs, read
+    a page at a time. A run without messages (failed, refused, still running) adds nothing but
+    does not break the chain."""
     segments: list[list[ModelMessage]] = []
     tokens = 0
+    page: list[RunRecord] = []  # older runs found by `page_key`'s lookup, newest first
+    page_key: tuple[str, str | None] | None = None
     run = latest
     for _ in range(MAX_CHAIN):
         if run is None:
@@ -238,10 +238,26 @@ async def _conversation(
             tokens += sum(estimate_message_tokens(m) for m in messages)
             if tokens > budget:
                 break
-        if run.kind not in CONVERSATION_KINDS or run.channel_id is None:
-            break  # a command's run starts its conversation
-        run = await _earlier_run(deps, run.channel_id, run.thread_ts, before=RunCursor.after(run))
+        key = _lookup_key(run)
+        if key is None:
+            break
+        if key != page_key or not page:
+            channel, ts = key
+            page_key = key
+            cursor = RunCursor.after(run)
+            page = await deps.store.conversation_page(channel, ts, before=cursor, limit=PAGE)
+        run = page.pop(0) if page else None
     return join_turns(segments) or None
+
+
+def _lookup_key(run: RunRecord) -> tuple[str, str | None] | None:
+    """How `_earlier_run` found the run `run` continued: (channel, thread) or, in a DM without
+    thread, (channel, None); None for a run that began its conversation."""
+    if run.kind not in CONVERSATION_KINDS or run.channel_id is None:
+        return None  # a command's run starts its conversation
+    if run.thread_ts is not None:
+        return run.channel_id, run.thread_ts
+    return (run.channel_id, None) if run.channel_id.startswith("D") else None
 
 
 def _messages(run: RunRecord) -> list[ModelMessage]:

@@ -315,3 +315,20 @@ def test_trimming_keeps_the_system_prompt_and_whole_turns_newest_first():
     assert trim_to_budget(messages, 60) == [system_alone, messages[-1]]
     # The new turn is always sent, whatever its size.
     assert trim_to_budget(messages, 1) == [system_alone, messages[-1]]
+
+
+async def test_a_thread_under_a_dm_answer_continues_the_dm_conversation(start_bot, emulator):
+    script = ScriptedModel.words("noted")
+    bot = await start_bot(script.model())
+    for count, text in enumerate(["dm 1", "dm 2"], start=1):
+        said = emulator.post_user_message("D123", "U123", text)
+        await emulator.send_event(bot.url, emulator.message_event(said))
+        await bot.wait_for_run(kind=RunKind.MENTION, count=count)
+    answer_ts = emulator.messages("D123")[-1].ts
+    for count, text in enumerate(["in thread 1", "in thread 2"], start=1):
+        reply = emulator.post_user_message("D123", "U123", text, thread_ts=answer_ts)
+        await emulator.send_event(bot.url, emulator.message_event(reply))
+        await bot.wait_for_run(kind=RunKind.FOLLOWUP, count=count)
+
+    assert user_prompts(script.calls[-1]) == ["dm 1", "dm 2", "in thread 1", "in thread 2"]
+    assert [len(messages) for messages in await stored_messages(bot)] == [2, 2, 2, 2]
