@@ -277,7 +277,8 @@ class Runner:
                     with contextlib.suppress(UserError):  # no usage if the run never started
                         _copy_usage(events.usage, run, history)
                     run.tool_calls = [summary(record) for record in activity.records] or None
-                run.messages_json = messages_json(events.result.all_messages())
+                # Only this turn: a conversation joins the turns of its runs (handlers/events.py).
+                run.messages_json = messages_json(events.result.new_messages())
         except TimeoutError as exc:
             if total.expired():
                 limit = f"the model did not finish within {policy.total_timeout:g} s"
