@@ -15,7 +15,7 @@ from bot.ports import RunStore, Sink
 from bot.runner import Runner
 from bot.tasks import BackgroundTasks
 from bot.team import Orchestrator
-from handlers import actions, admin, commands, events, sinks
+from handlers import actions, admin, commands, events, reply_sinks
 from handlers.pacer import Pacer, WorkspacePacer
 from handlers.sinks import Notify
 
@@ -51,7 +51,7 @@ class BotDeps:
         heading: str | None = None,
     ) -> Sink:
         """The sink of one answer in a thread, in the configured stream mode."""
-        return sinks.reply_sink(
+        return reply_sinks.reply_sink(
             pacer,
             mode=self.settings.stream_mode,
             task_display=self.settings.task_display,

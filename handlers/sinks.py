@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 
 from bot.errors import BotError, InputError, RunFailed
 from bot.models import Progress, RunRecord
-from bot.ports import Sink
 from handlers import render
 from handlers.pacer import (
     RATELIMITED,
@@ -264,34 +263,3 @@ async def show_final(
     for message in rest:
         await pacer.post(live.channel, text=message.text, blocks=message.blocks, thread_ts=reply_to)
     return len(rest)
-
-
-def reply_sink(
-    pacer: WorkspacePacer,
-    *,
-    mode: str,
-    channel: str,
-    thread_ts: str,
-    notify: Notify,
-    heading: str | None = None,
-    task_display: str = "timeline",
-) -> Sink:
-    """The sink of one answer in a thread: Slack's native streaming (`mode` "native") or an
-    edited reply ("edit"). In native mode `heading` is the bold first line of the reply and
-    tool calls are task cards shown as `task_display` says ("timeline" or "plan")."""
-    if mode == "native":
-        from handlers.stream_sink import SlackStreamSink  # it imports this module
-
-        return SlackStreamSink(
-            pacer,
-            channel=channel,
-            thread_ts=thread_ts,
-            notify=notify,
-            heading=heading,
-            task_display=task_display,
-        )
-    if mode == "edit":
-        return SlackEditSink(
-            pacer, channel=channel, notify=notify, thread_ts=thread_ts, heading=heading
-        )
-    raise ValueError(f"unknown stream mode {mode!r} (expected 'edit' or 'native')")

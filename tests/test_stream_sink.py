@@ -19,7 +19,8 @@ from bot.models import Progress, RunKind, RunRecord, RunStatus, ToolState, ToolT
 from bot.playground.emulator import SlackEmulator
 from bot.runner import LiveRuns, Runner, RunPolicy
 from handlers.pacer import Budget, PacerConfig, WorkspacePacer
-from handlers.sinks import NOT_IN_CHANNEL, SlackEditSink, reply_sink
+from handlers.reply_sinks import reply_sink
+from handlers.sinks import NOT_IN_CHANNEL, SlackEditSink
 from handlers.stream_sink import STREAM_TEXT_LIMIT, UNFINISHED, SlackStreamSink
 from tests.conftest import BOT_TOKEN
 from tests.scripted import ScriptedModel
