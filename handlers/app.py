@@ -16,8 +16,8 @@ from bot.runner import Runner
 from bot.tasks import BackgroundTasks
 from bot.team import Orchestrator
 from handlers import actions, admin, commands, events, reply_sinks
+from handlers.live_message import Notify
 from handlers.pacer import Pacer, WorkspacePacer
-from handlers.sinks import Notify
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from bot.board import BoardView
 from bot.models import RunRecord
 from bot.ports import Sink
 from handlers import render
-from handlers.pacer import LiveMessage, WorkspacePacer
-from handlers.sinks import Notify, post_first_message
+from handlers.live_message import Notify, SlackLiveMessage
+from handlers.pacer import WorkspacePacer
 
 ReplySink = Callable[[str, str], Sink]
 """Makes the sink of one part: (thread_ts, heading) → Sink."""
@@ -20,38 +20,29 @@ class SlackBoard:
     def __init__(
         self, pacer: WorkspacePacer, *, channel: str, notify: Notify, make_reply: ReplySink
     ) -> None:
-        self._pacer = pacer
-        self._channel = channel
-        self._notify = notify
+        self._message = SlackLiveMessage(pacer, channel=channel, notify=notify)
         self._make_reply = make_reply
-        self._posts = 0
-        self._live: LiveMessage | None = None
         self._run: RunRecord | None = None
 
     @property
     def writes(self) -> int:
-        return self._posts + (self._live.writes if self._live else 0)
+        return self._message.writes
 
     async def open(self, run: RunRecord, view: BoardView) -> None:
         self._run = run
         message = render.board_message(run, view, final=False)
-        self._posts += 1
-        run.message_ts = await post_first_message(
-            self._pacer, self._channel, message, notify=self._notify
-        )
-        self._live = self._pacer.track(self._channel, run.message_ts)
+        run.message_ts = await self._message.post(message)
+        self._message.edit()
 
     def show(self, view: BoardView) -> None:
-        if self._live is None or self._run is None:
+        if not self._message.editing or self._run is None:
             return
-        message = render.board_message(self._run, view, final=False)
-        self._live.set(message.text, message.blocks)
+        self._message.show(render.board_message(self._run, view, final=False))
 
     async def close(self, run: RunRecord, view: BoardView) -> None:
-        assert self._live is not None, "close() before open()"
-        message = render.board_message(run, view, final=True)
-        self._live.set(message.text, message.blocks, final=True)
-        await self._live.wait_delivered()
+        assert self._message.editing, "close() before open()"
+        self._message.show(render.board_message(run, view, final=True), final=True)
+        await self._message.wait_delivered()
 
     def reply(self, heading: str) -> Sink:
         assert self._run is not None and self._run.message_ts is not None

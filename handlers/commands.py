@@ -19,7 +19,8 @@ from bot.models import RunKind, RunRecord, RunStatus, utcnow
 from bot.team import policy_for
 from bot.text import cut_marked
 from handlers.board import SlackBoard
-from handlers.sinks import Notify, SlackEditSink
+from handlers.live_message import Notify
+from handlers.sinks import SlackEditSink
 
 if TYPE_CHECKING:
     from handlers.app import BotDeps

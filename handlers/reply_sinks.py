@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from bot.ports import Sink
+from handlers.live_message import Notify
 from handlers.pacer import WorkspacePacer
-from handlers.sinks import Notify, SlackEditSink
+from handlers.sinks import SlackEditSink
 from handlers.stream_sink import SlackStreamSink
 
 

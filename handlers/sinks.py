@@ -4,60 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
-from bot.errors import BotError, InputError, RunFailed
+from bot.errors import BotError
 from bot.models import Progress, RunRecord
 from handlers import render
-from handlers.pacer import (
-    RATELIMITED,
-    TIMEOUT,
-    Content,
-    LiveMessage,
-    SlackCallFailed,
-    WorkspacePacer,
-)
+from handlers.live_message import Notify, SlackLiveMessage
+from handlers.pacer import WorkspacePacer
 
 log = logging.getLogger(__name__)
 
-Notify = Callable[[str], Awaitable[None]]
-"""Tells the requesting user something privately (an ephemeral reply)."""
-
-NOT_IN_CHANNEL = "I'm not in this channel yet: invite me with `/invite @agentbot`, then try again."
 PLACE_NOTICE_AFTER = 2.0
 """Seconds in line after which a user is told their place: a short wait needs no notice,
 and a burst of commands is acknowledged before any notice is sent."""
-
-
-async def post_first_message(
-    pacer: WorkspacePacer,
-    channel: str,
-    message: render.SlackMessage | Callable[[], render.SlackMessage],
-    *,
-    notify: Notify,
-    thread_ts: str | None = None,
-) -> str:
-    """Post the message a run starts with; return its ts. `message` may be a function that
-    makes it when the channel's turn comes (the content of that moment is posted).
-
-    When Slack refuses, the user is told why (privately) and `InputError` (the bot is not in
-    the channel) or `RunFailed` is raised.
-    """
-    make = message if callable(message) else lambda: message
-
-    def content() -> Content:
-        made = make()
-        return made.text, made.blocks
-
-    try:
-        posted = await pacer.post(channel, render=content, thread_ts=thread_ts)
-    except SlackCallFailed as exc:
-        if exc.error in ("not_in_channel", "channel_not_found"):
-            await notify(NOT_IN_CHANNEL)
-            raise InputError(f"the bot is not in channel {channel} ({exc.error})") from exc
-        await notify(f"⚠️ I could not post in this channel ({exc.error}).")
-        raise RunFailed(f"could not post the message ({exc.error})") from exc
-    return posted["ts"]
 
 
 class SlackEditSink:
@@ -89,16 +47,12 @@ class SlackEditSink:
         place privately, once, when they have waited `place_notice_after` seconds (through
         a slash command's `response_url`, which spends no channel budget); without it the
         message shows the place."""
-        self._pacer = pacer
-        self._channel = channel
-        self._notify = notify
+        self._message = SlackLiveMessage(pacer, channel=channel, notify=notify, thread_ts=thread_ts)
         self._thread_ts = thread_ts
         self._heading = heading
         self._tell_place = tell_place
         self._place_notice_after = place_notice_after
         self._place = 0
-        self._posts = 0
-        self._live: LiveMessage | None = None
         self._run: RunRecord | None = None
         self._posting: asyncio.Task[None] | None = None
         self._refused: BotError | None = None  # the first post's refusal, until raised
@@ -113,7 +67,7 @@ class SlackEditSink:
 
     @property
     def writes(self) -> int:
-        return self._posts + (self._live.writes if self._live else 0)
+        return self._message.writes
 
     async def start(self, run: RunRecord) -> None:
         self._run = run
@@ -152,44 +106,27 @@ class SlackEditSink:
             return  # not shown: the refusal was raised before (the run ended failed)
         if self._posted[1]:
             # The run was over before its turn came: the end went out in the post itself.
-            for message in self._ending[1:]:
-                self._posts += 1
-                await self._pacer.post(
-                    self._channel,
-                    text=message.text,
-                    blocks=message.blocks,
-                    thread_ts=self._reply_to(run),
-                )
+            await self._message.reply(self._ending[1:], thread_ts=self._reply_to(run))
             return
-        assert self._live is not None
-        self._posts += await show_final(
-            self._pacer, self._live, run, heading=self._heading, reply_to=self._reply_to(run)
-        )
+        await self._message.show_final(run, heading=self._heading, reply_to=self._reply_to(run))
 
     # -- the first post, when the channel's turn comes ----------------------------------------
 
     async def _post_first(self, run: RunRecord) -> None:
         try:
-            run.message_ts = await post_first_message(
-                self._pacer,
-                self._channel,
-                self._first,
-                notify=self._notify,
-                thread_ts=self._thread_ts,
-            )
+            run.message_ts = await self._message.post(self._first)
         except BotError as exc:
             self._refused = exc
             return
         self._posted = version, ended = self._sending
         if ended:
             return
-        self._live = self._pacer.track(self._channel, run.message_ts)
+        self._message.edit()
         if self._version != version:  # text came while the post was on its way
             self._show_live()
 
     def _first(self) -> render.SlackMessage:
         """What the first post shows, made when it is sent: the end if there is one."""
-        self._posts += 1
         self._sending = (self._version, self._ending is not None)
         return self._live_content() if self._ending is None else self._ending[0]
 
@@ -197,12 +134,11 @@ class SlackEditSink:
 
     def _changed(self) -> None:
         self._version += 1
-        if self._live is not None:
+        if self._message.editing:
             self._show_live()
 
     def _show_live(self) -> None:
-        assert self._live is not None
-        self._live.set_rendered(lambda: _content(self._live_content()))
+        self._message.show_rendered(self._live_content)
 
     def _live_content(self) -> render.SlackMessage:
         assert self._run is not None
@@ -230,36 +166,3 @@ class SlackEditSink:
             await self._tell_place(text)
         except Exception as exc:  # only a courtesy: the run goes on
             log.info("could not tell a user their place in line: %s", exc)
-
-
-def _content(message: render.SlackMessage) -> Content:
-    return message.text, message.blocks
-
-
-async def show_final(
-    pacer: WorkspacePacer,
-    live: LiveMessage,
-    run: RunRecord,
-    *,
-    heading: str | None,
-    reply_to: str | None,
-) -> int:
-    """Replace the live message with the run's end; text beyond one message continues in
-    replies to `reply_to`, in order. Returns how many messages it posted."""
-    first, *rest = render.final_messages(run, heading=heading)
-    live.set(first.text, first.blocks, final=True)
-    try:
-        await live.wait_delivered()
-    except SlackCallFailed as exc:
-        pacer.metrics.slack_undelivered.labels(exc.error).inc()
-        if exc.error in (TIMEOUT, RATELIMITED):
-            # Slack holds the message but keeps refusing edits for now; posting the end anew
-            # could show it twice. After a timeout the edit stays queued and may still land.
-            log.warning("run %s: final edit not confirmed in Slack (%s)", run.id, exc.error)
-        else:
-            # The message is gone (deleted, channel archived): post the end as a new message.
-            log.warning("run %s: final edit failed (%s); posting it anew", run.id, exc.error)
-            rest = [first, *rest]
-    for message in rest:
-        await pacer.post(live.channel, text=message.text, blocks=message.blocks, thread_ts=reply_to)
-    return len(rest)

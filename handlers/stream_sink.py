@@ -33,17 +33,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from bot.errors import BotError, InputError
+from bot.errors import BotError
 from bot.models import Progress, RunRecord, ToolState, ToolTask
 from handlers import render, untrusted
-from handlers.pacer import (
-    MAX_RATELIMITED,
-    MAX_TRANSIENT_FAILURES,
-    LiveMessage,
-    SlackCallFailed,
-    WorkspacePacer,
-)
-from handlers.sinks import NOT_IN_CHANNEL, Notify, post_first_message, show_final
+from handlers.live_message import CHANNEL_ERRORS, Notify, SlackLiveMessage
+from handlers.pacer import MAX_RATELIMITED, MAX_TRANSIENT_FAILURES, SlackCallFailed, WorkspacePacer
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +57,6 @@ TASK_STATUS = {
 UNFINISHED = "not finished: the run ended first"
 
 RATELIMITED = "ratelimited"
-CHANNEL_ERRORS = ("not_in_channel", "channel_not_found")
 
 
 class _Mode(Enum):
@@ -100,7 +93,6 @@ class SlackStreamSink:
         self._pacer = pacer
         self._channel = channel
         self._thread_ts = thread_ts
-        self._notify = notify
         self._heading = heading
         self._task_display = task_display
         self._interval = pacer.config.interval if interval is None else interval
@@ -108,7 +100,7 @@ class SlackStreamSink:
         self._clock = pacer.clock
         self._mode = _Mode.IDLE
         self._run: RunRecord | None = None
-        self._ts: str | None = None
+        self._message = SlackLiveMessage(pacer, channel=channel, notify=notify, thread_ts=thread_ts)
         self._text = ""  # the answer so far, as the runner gave it
         self._final = False  # `_text` is the whole answer: nothing is held back
         self._safe = ""  # what the stream is to show: the safe form of (most of) `_text`
@@ -119,8 +111,6 @@ class SlackStreamSink:
         self._tasks: dict[str, ToolTask] = {}  # the latest state of each tool call seen
         self._seen_tasks: tuple[ToolTask, ...] = ()  # `Progress.tasks` as last taken in
         self._unsent_tasks: list[tuple[int, ToolTask]] = []  # (place in the text, state)
-        self._calls = 0
-        self._live: LiveMessage | None = None
         self._started_at = 0.0
         self._last_append = 0.0
         self._last_look = 0.0  # when the sender last found everything held back
@@ -135,7 +125,7 @@ class SlackStreamSink:
 
     @property
     def writes(self) -> int:
-        return self._calls + (self._live.writes if self._live else 0)
+        return self._message.writes
 
     @property
     def streaming(self) -> bool:
@@ -170,14 +160,14 @@ class SlackStreamSink:
                 )
             except SlackCallFailed as exc:
                 if exc.error in CHANNEL_ERRORS:
-                    raise await self._not_in_channel(exc) from exc
+                    raise await self._message.not_in_channel(exc) from exc
                 log.warning("run %s: %s failed (%s); replying by edits", run.id, START, exc.error)
                 await self._post_instead(run)
                 return
         except BotError as exc:
             self._refused = exc
             return
-        self._ts = str(answer["ts"])
+        self._message.ts = str(answer["ts"])
         run.message_ts = self._ts
         run.thread_ts = self._thread_ts
         self._started_at = self._last_append = self._clock()
@@ -377,24 +367,15 @@ class SlackStreamSink:
                 await self._call(STOP, channel=self._channel, ts=self._ts)
             except SlackCallFailed as exc:
                 log.info("stream %s: %s failed (%s)", self._ts, STOP, exc.error)
-        assert self._ts is not None
-        self._live = self._pacer.track(self._channel, self._ts)
+        self._message.edit()
         self._mode = _Mode.EDITING
         self._show_live()
 
     async def _post_end(self, run: RunRecord) -> None:
         """Reply with the run's end, whole (continued in more replies when long)."""
         first, *rest = render.final_messages(run, heading=self._heading)
-        self._calls += 1
-        self._ts = await post_first_message(
-            self._pacer, self._channel, first, notify=self._notify, thread_ts=self._thread_ts
-        )
-        run.message_ts, run.thread_ts = self._ts, self._thread_ts
-        for message in rest:
-            self._calls += 1
-            await self._pacer.post(
-                self._channel, text=message.text, blocks=message.blocks, thread_ts=self._thread_ts
-            )
+        run.message_ts, run.thread_ts = await self._message.post(first), self._thread_ts
+        await self._message.reply(rest, thread_ts=self._thread_ts)
 
     async def _post_instead(self, run: RunRecord) -> None:
         """Reply with an ordinary message to edit, when Slack would not start a stream."""
@@ -403,27 +384,21 @@ class SlackStreamSink:
         def first() -> render.SlackMessage:  # made when the post goes out
             return render.live_message(run, "", None, heading=self._heading)
 
-        self._calls += 1
-        self._ts = await post_first_message(
-            self._pacer, self._channel, first, notify=self._notify, thread_ts=self._thread_ts
-        )
-        run.message_ts = self._ts
+        run.message_ts = await self._message.post(first)
         run.thread_ts = self._thread_ts
-        self._live = self._pacer.track(self._channel, self._ts)
+        self._message.edit()
         self._mode = _Mode.EDITING
         if self._text:  # what came while the reply waited for its turn
             self._show_live()
 
     def _show_live(self) -> None:
-        assert self._live is not None and self._run is not None
-        message = render.live_message(self._run, self._text, self._progress, heading=self._heading)
-        self._live.set(message.text, message.blocks)
+        assert self._run is not None
+        self._message.show(
+            render.live_message(self._run, self._text, self._progress, heading=self._heading)
+        )
 
     async def _finish_by_edit(self, run: RunRecord) -> None:
-        assert self._live is not None
-        self._calls += await show_final(
-            self._pacer, self._live, run, heading=self._heading, reply_to=self._thread_ts
-        )
+        await self._message.show_final(run, heading=self._heading, reply_to=self._thread_ts)
 
     # -- Slack calls -----------------------------------------------------------------------
 
@@ -442,22 +417,22 @@ class SlackStreamSink:
 
     async def _send(self, method: str, **kwargs: Any) -> dict[str, Any]:
         """One Slack call, counted in `writes`."""
-        self._calls += 1
+        self._message.count()
         self._calling = True
         try:
             return await self._pacer.call(method, **kwargs)
         finally:
             self._calling = False
 
-    async def _not_in_channel(self, exc: SlackCallFailed) -> InputError:
-        """Tell the user to invite the bot; the error to raise."""
-        await self._notify(NOT_IN_CHANNEL)
-        return InputError(f"the bot is not in channel {self._channel} ({exc.error})")
-
     def _heading_text(self) -> str | None:
         """The bold first line of the reply: `heading` may quote the model (a subtask's
         title)."""
         return f"**{untrusted.markdown(self._heading)}**\n\n" if self._heading else None
+
+    @property
+    def _ts(self) -> str | None:
+        """The reply's ts, once the stream opened or the reply was posted."""
+        return self._message.ts
 
     def _age(self) -> float:
         return self._clock() - self._started_at

@@ -18,9 +18,10 @@ from bot.metrics import Metrics
 from bot.models import Progress, RunKind, RunRecord, RunStatus, ToolState, ToolTask
 from bot.playground.emulator import SlackEmulator
 from bot.runner import LiveRuns, Runner, RunPolicy
+from handlers.live_message import NOT_IN_CHANNEL
 from handlers.pacer import Budget, PacerConfig, WorkspacePacer
 from handlers.reply_sinks import reply_sink
-from handlers.sinks import NOT_IN_CHANNEL, SlackEditSink
+from handlers.sinks import SlackEditSink
 from handlers.stream_sink import STREAM_TEXT_LIMIT, UNFINISHED, SlackStreamSink
 from tests.conftest import BOT_TOKEN
 from tests.scripted import ScriptedModel
