@@ -33,19 +33,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.metrics import Metrics
 from handlers.pacing.calls import (
-    INTERNAL_ERROR,
     MAX_RATELIMITED,
     MAX_TRANSIENT_FAILURES,
-    PERMANENT_ERRORS,
     RATELIMITED,
-    RENDER_FAILED,
     TIMEOUT,
     Budget,
     Clock,
     Content,
     DeliveryTimeout,
     PacerConfig,
-    RateLimited,
     SlackCallFailed,
     SlackCalls,
     TokenBucket,
@@ -54,22 +50,17 @@ from handlers.pacing.edits import EditScheduler, LiveMessage
 from handlers.pacing.posts import ChannelPosts, PostWindow
 
 __all__ = [
-    "INTERNAL_ERROR",
     "MAX_RATELIMITED",
     "MAX_TRANSIENT_FAILURES",
-    "PERMANENT_ERRORS",
     "RATELIMITED",
-    "RENDER_FAILED",
     "TIMEOUT",
     "Budget",
-    "Clock",
     "Content",
     "DeliveryTimeout",
     "LiveMessage",
     "Pacer",
     "PacerConfig",
     "PostWindow",
-    "RateLimited",
     "SlackCallFailed",
     "TokenBucket",
     "WorkspacePacer",
