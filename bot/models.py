@@ -53,7 +53,7 @@ NOT_PRINTED = frozenset({"messages_json", "tool_calls"})
 
 @dataclass
 class RunRecord:
-    """One agent run as stored and as printed by `agentbot history --json` (DESIGN.md §3)."""
+    """One agent run, as stored and as printed by `history --json` (docs/ARCHITECTURE.md §6)."""
 
     kind: RunKind
     prompt: str
@@ -79,7 +79,7 @@ class RunRecord:
     finished_at: datetime | None = None
     duration_ms: int | None = None
     slack_writes: int = 0
-    # Kept beside the record, not part of the printed run object (DESIGN.md §3): the
+    # Kept beside the record, not part of the printed run object (docs/ARCHITECTURE.md §6): the
     # pydantic-ai messages of the run (JSON), for conversations, and the tool calls it made
     # (`ToolCallSummary` dicts), for `history show`.
     messages_json: bytes | None = field(default=None, repr=False)

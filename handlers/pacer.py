@@ -1,7 +1,7 @@
 """One budget of Slack write calls per workspace, shared fairly by every live message.
 
 Live messages never edit per token: each keeps only its latest text, and one sender task
-per workspace decides which message to refresh next (DESIGN.md §4):
+per workspace decides which message to refresh next (docs/ARCHITECTURE.md §5):
 
 - a message is refreshed at most once per `interval` (finals excepted);
 - final texts go first, then the message whose visible text is the most stale;
@@ -67,7 +67,7 @@ class PacerConfig:
     chat_update: Budget = Budget(per_minute=50, burst=5)
     # About one a second per channel, with a burst that lets a team post its replies at once.
     post_per_channel: Budget = Budget(per_minute=60, burst=5)
-    # Slack's native streaming (DESIGN.md §4): start/stop are Tier 2, append is Tier 4.
+    # Slack's native streaming (docs/ARCHITECTURE.md §4): start/stop are Tier 2, append is Tier 4.
     chat_start_stream: Budget = Budget(per_minute=20, burst=3)
     chat_append_stream: Budget = Budget(per_minute=100, burst=5)
     chat_stop_stream: Budget = Budget(per_minute=20, burst=3)

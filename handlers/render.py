@@ -14,7 +14,7 @@ from bot.models import Progress, RunRecord, RunStatus
 from bot.text import preview
 
 ANSWER_CHUNK_BYTES = 3900
-"""The most answer text one message shows (DESIGN.md §4: ~4,000 for a readable update)."""
+"""The most answer text, in UTF-8 bytes, one message shows (docs/ARCHITECTURE.md §4)."""
 
 PROMPT_PREVIEW_CHARS = 280
 NOTIFICATION_CHARS = 150
