@@ -10,8 +10,8 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model
 from pydantic_ai.toolsets import AbstractToolset
 
-from bot.config import DEMO_MODEL, AgentSpec, AppConfig, Settings
-from bot.demo import demo_model
+from bot.config import AgentSpec, AppConfig, Settings
+from bot.demo import DEMO_SPEEDS, TIME_TOOL, demo_model
 from bot.errors import ConfigError
 from bot.mcp import McpServers
 from bot.text import one_line
@@ -69,7 +69,7 @@ class AgentRegistry:
 
     @property
     def uses_demo_model(self) -> bool:
-        return any(built.model_name == DEMO_MODEL for built in self._agents.values())
+        return any(built.model_name in DEMO_SPEEDS for built in self._agents.values())
 
     def _build(self, name: str, spec: AgentSpec, model_string: str) -> BuiltAgent:
         model: Model | str
@@ -77,13 +77,16 @@ class AgentRegistry:
             model, model_name = self._override, self._override.model_name
         elif self._override is not None:
             model, model_name = self._override(name, model_string), model_string
-        elif model_string == DEMO_MODEL:
-            model, model_name = demo_model(), DEMO_MODEL
+        elif model_string in DEMO_SPEEDS:
+            model, model_name = demo_model(model_string), model_string
         else:
             model, model_name = model_string, model_string
+        tools = spec.tools
+        if model_name in DEMO_SPEEDS and self._override is None and TIME_TOOL not in tools:
+            tools = [*tools, TIME_TOOL]  # so that the demo can show a tool call
         toolsets: list[AbstractToolset[ToolDeps]] = []
-        if spec.tools:
-            toolsets.append(toolset_for(spec.tools))
+        if tools:
+            toolsets.append(toolset_for(tools))
         if spec.mcp_servers:
             if self._mcp is None:
                 raise ConfigError(f"agents.{name}: MCP servers are not started")

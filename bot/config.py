@@ -10,7 +10,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from bot.errors import ConfigError
@@ -20,6 +27,8 @@ from bot.tools import ToolLimits, toolset_for
 
 DEMO_MODEL = "demo"
 """The offline demo model: used when no `AGENTBOT_MODEL` is set, needs no key or network."""
+DEMO_FAST_MODEL = "demo-fast"
+"""A faster demo model, so that `/compare` on the demo compares two speeds."""
 
 
 class Settings(BaseSettings):
@@ -87,6 +96,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _demo_compares_two_speeds(self) -> Settings:
+        # /compare falls back to AGENTBOT_MODEL; one demo model would compare it to itself.
+        if not self.compare_models and self.model == DEMO_MODEL:
+            self.compare_models = (DEMO_MODEL, DEMO_FAST_MODEL)
+        return self
 
     @field_validator("slack_api_url")
     @classmethod
@@ -328,6 +344,7 @@ def _first_problem(exc: ValidationError) -> str:
 
 
 __all__ = [
+    "DEMO_FAST_MODEL",
     "DEMO_MODEL",
     "AgentSpec",
     "AppConfig",

@@ -74,6 +74,15 @@ class _Waiter:
     on_position: PositionChanged
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is refused: a sentence for the user. `rate_limited` when it is refused
+    for the user's rate itself (cheap to answer, and worth little to keep)."""
+
+    text: str
+    rate_limited: bool = False
+
+
 @dataclass
 class Guard:
     """Who may start a run where, and how often. Empty allowlists allow everyone."""
@@ -84,15 +93,13 @@ class Guard:
     clock: Clock = time.monotonic
     _starts: dict[str, deque[float]] = field(default_factory=dict)
 
-    def refusal(self, *, user_id: str | None, channel_id: str | None) -> str | None:
-        """Why this user may not start a run here now (a sentence for them), or None.
+    def refusal(self, *, user_id: str | None, channel_id: str | None) -> Refusal | None:
+        """Why this user may not start a run here now, or None.
 
-        A run that is allowed counts towards the user's rate limit.
+        Every request counts towards the user's rate limit, whether it is allowed or refused
+        afterwards (a refused request costs an answer and a record too), except one refused
+        for the rate itself, which leaves the count as it is.
         """
-        if self.allowed_users and user_id not in self.allowed_users:
-            return "Sorry, you are not on the list of people who can use agentbot here."
-        if self.allowed_channels and channel_id not in self.allowed_channels:
-            return "agentbot is not enabled in this channel; ask an admin to add it."
         if self.runs_per_user_per_minute is not None and user_id is not None:
             starts = self._starts.setdefault(user_id, deque())
             now = self.clock()
@@ -100,9 +107,14 @@ class Guard:
                 starts.popleft()
             if len(starts) >= self.runs_per_user_per_minute:
                 wait = max(1, round(starts[0] + 60 - now))
-                return (
-                    f"You have started {len(starts)} runs in the last minute (the limit is "
+                text = (
+                    f"You have sent {len(starts)} requests in the last minute (the limit is "
                     f"{self.runs_per_user_per_minute}); try again in {wait} s."
                 )
+                return Refusal(text, rate_limited=True)
             starts.append(now)
+        if self.allowed_users and user_id not in self.allowed_users:
+            return Refusal("Sorry, you are not on the list of people who can use agentbot here.")
+        if self.allowed_channels and channel_id not in self.allowed_channels:
+            return Refusal("agentbot is not enabled in this channel; ask an admin to add it.")
         return None

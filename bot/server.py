@@ -11,10 +11,11 @@ import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from http import HTTPStatus
 
 from aiohttp import web
 from pydantic_ai.models import Model
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
@@ -32,6 +33,7 @@ from bot.team import Orchestrator
 from handlers import render
 from handlers.actions import LEASE_RENEW_EVERY, POLL_INTERVAL, LiveRunsPoller
 from handlers.app import BotDeps, build_app
+from handlers.incoming import RawBodyVerifier, Rejected, bolt_request
 from handlers.pacer import Budget, Pacer, PacerConfig, SlackCallFailed
 from handlers.thread_reader import SlackThreadReader
 from storage.db import create_engine, upgrade
@@ -164,6 +166,8 @@ class Service:
         self.recoveries = 0  # recovery passes made (start-up's included)
         self._recovered = asyncio.Event()
         self.port: int | None = None
+        secret = parts.settings.slack_signing_secret
+        self._verifier = RawBodyVerifier(secret) if secret else None
 
     def web_app(self) -> web.Application:
         app = web.Application()
@@ -285,7 +289,23 @@ class Service:
             # Slack retries unacknowledged requests: another instance, or this one restarted,
             # takes it.
             return web.Response(status=503, text="shutting down")
-        response = await self.parts.bolt.async_dispatch(await to_bolt_request(request))
+        try:
+            # The signature is checked on the raw bytes before anything parses them.
+            bolt = bolt_request(
+                await request.read(),
+                headers=request.headers,
+                query=request.query_string,
+                verifier=self._verifier,
+            )
+        except Rejected as rejected:
+            log.warning(
+                "refused a request to /slack/events from %s (HTTP %d): %s",
+                request.remote,
+                rejected.status,
+                rejected.reason,
+            )
+            return web.Response(status=rejected.status, text=HTTPStatus(rejected.status).phrase)
+        response = await self.parts.bolt.async_dispatch(bolt)
         return await to_aiohttp_response(response)
 
     async def _healthz(self, request: web.Request) -> web.Response:

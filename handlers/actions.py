@@ -1,4 +1,4 @@
-"""Buttons: Stop cancels a run (only its requester or an admin may).
+"""Buttons: Stop cancels a run (only its requester, or an admin of the run's workspace).
 
 A run is live in one process. When Stop reaches another process sharing the database, that
 process records a stop request in the store, and the process running the run, which polls
@@ -42,18 +42,21 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
     ) -> None:
         await ack()  # the rest is quick: no need to hand it to the background
         run_id = action.get("value", "")
-        user_id = (body.get("user") or {}).get("id", "")
+        user = body.get("user") or {}
+        user_id = user.get("id", "")
+        # The workspace the click comes from, as /history reads it.
+        team_id = (body.get("team") or {}).get("id") or user.get("team_id") or ""
         run = deps.runner.live.get(run_id)
         if run is None:
-            await _tell(respond, await _stop_elsewhere(deps, run_id, user_id))
+            await _tell(respond, await _stop_elsewhere(deps, run_id, user_id, team_id))
             return
-        if not _may_stop(deps, user_id, run):
+        if not _may_stop(deps, user_id, team_id, run):
             await _tell(respond, _refusal(run))
             return
         deps.runner.live.stop(run_id, status=RunStatus.CANCELLED, reason=stop_reason(user_id))
 
 
-async def _stop_elsewhere(deps: BotDeps, run_id: str, user_id: str) -> str:
+async def _stop_elsewhere(deps: BotDeps, run_id: str, user_id: str, team_id: str) -> str:
     """Stop a run that is not live in this process: if the store has it still queued or
     running, another process runs it; record the request for that process. Returns what to
     tell the user."""
@@ -61,7 +64,7 @@ async def _stop_elsewhere(deps: BotDeps, run_id: str, user_id: str) -> str:
         run = await deps.store.get(run_id)
         if run is None or run.status.is_final:
             return FINISHED
-        if not _may_stop(deps, user_id, run):
+        if not _may_stop(deps, user_id, team_id, run):
             return _refusal(run)
         if await deps.store.request_stop(run_id, by=user_id):
             log.info("run %s: stop requested by %s for the process running it", run_id, user_id)
@@ -75,15 +78,19 @@ async def _stop_elsewhere(deps: BotDeps, run_id: str, user_id: str) -> str:
     return "This run is already being stopped."
 
 
-def _may_stop(deps: BotDeps, user_id: str, run: RunRecord) -> bool:
-    if user_id == run.user_id or deps.is_admin(user_id):
+def _may_stop(deps: BotDeps, user_id: str, team_id: str, run: RunRecord) -> bool:
+    """The run's requester may stop it; an admin only in the run's own workspace (an admin
+    is trusted in their workspace, not in every workspace the bot serves)."""
+    if user_id == run.user_id:
         return True
-    log.info("user %s may not stop run %s", user_id, run.id)
+    if deps.is_admin(user_id) and team_id and team_id == run.team_id:
+        return True
+    log.info("user %s of workspace %s may not stop run %s", user_id, team_id or "?", run.id)
     return False
 
 
 def _refusal(run: RunRecord) -> str:
-    return f"Only <@{run.user_id}> or an admin can stop this run."
+    return f"Only <@{run.user_id}> or an admin of its workspace can stop this run."
 
 
 async def _tell(respond: AsyncRespond, text: str) -> None:

@@ -24,6 +24,7 @@ from bot.query import (
     sparkline,
 )
 from bot.text import preview as text_preview
+from handlers import untrusted
 from handlers.render import SlackMessage
 
 MORE_ACTION_ID = "history_more"
@@ -250,8 +251,8 @@ def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
 
 
 def escape(text: str) -> str:
-    """Text shown as typed: Slack's control characters escaped, so nobody is pinged."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text shown as typed (prompts, outputs, errors): nobody is pinged."""
+    return untrusted.mrkdwn(text)
 
 
 def fit(text: str, limit: int = SECTION_CHARS) -> str:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.config import CommandSpec
+from bot.limits import Refusal
 from bot.models import RunKind, RunRecord, RunStatus, utcnow
 from bot.team import policy_for
+from bot.text import cut_marked
 from handlers.board import SlackBoard
 from handlers.sinks import Notify, SlackEditSink
 
@@ -31,6 +34,8 @@ KINDS = {
     "pipeline": RunKind.PIPELINE,
     "compare": RunKind.COMPARE,
 }
+# What a rate-limited request keeps of its prompt: enough to tell what it was.
+RATE_LIMITED_PROMPT_CHARS = 200
 USAGE = {
     "ask": ("Ask the agent anything", "summarise the main risks of our Q3 plan in 5 bullets"),
     "team": ("Give a task to a team of agents working at once", "plan a launch of our beta"),
@@ -64,14 +69,12 @@ def _listener(deps: BotDeps, spec: CommandSpec) -> Listener:
         if spec.kind in ("ask", "compare"):
             built = deps.agents.get(spec.agent)
             run.agent, run.model = built.name, built.model_name
-        problem = check_prompt(prompt, limit=deps.settings.max_prompt_chars)
-        if problem is not None:
-            await ack(text=f"{problem}\n\n{usage(name, spec.kind)}")
-            deps.background.spawn(record_refusal(deps, run, problem), name=f"refusal-{run.id}")
-            return
-        refusal = deps.guard.refusal(user_id=run.user_id, channel_id=run.channel_id)
+        refusal = screen(deps, run)
         if refusal is not None:
-            await ack(text=refusal)
+            answer = refusal.text
+            if refusal.about_prompt:
+                answer = f"{answer}\n\n{usage(name, spec.kind)}"
+            await ack(text=answer)
             deps.background.spawn(record_refusal(deps, run, refusal), name=f"refusal-{run.id}")
             return
         await ack()
@@ -121,10 +124,35 @@ def check_prompt(prompt: str, *, limit: int) -> str | None:
     return None
 
 
-async def record_refusal(deps: BotDeps, run: RunRecord, problem: str) -> None:
-    """A refused request is still a recorded run, so that admins see what users tried."""
+@dataclass(frozen=True)
+class Screened(Refusal):
+    """A refusal, and whether it is about the prompt itself (then usage helps)."""
+
+    about_prompt: bool = False
+
+
+def screen(deps: BotDeps, run: RunRecord) -> Screened | None:
+    """Why the request behind `run` is refused, or None when it may run.
+
+    The guard comes first, so that every request counts towards its user's rate limit,
+    refused ones included; then the prompt itself (empty, or over the limit).
+    """
+    refusal = deps.guard.refusal(user_id=run.user_id, channel_id=run.channel_id)
+    if refusal is not None:
+        return Screened(refusal.text, rate_limited=refusal.rate_limited)
+    problem = check_prompt(run.prompt, limit=deps.settings.max_prompt_chars)
+    return Screened(problem, about_prompt=True) if problem is not None else None
+
+
+async def record_refusal(deps: BotDeps, run: RunRecord, refusal: Refusal) -> None:
+    """A refused request is still a recorded run, so that admins see what users tried; its
+    prompt is kept cut to the prompt limit (a short preview when rate-limited), marked."""
+    keep = deps.settings.max_prompt_chars
+    if refusal.rate_limited:
+        keep = min(keep, RATE_LIMITED_PROMPT_CHARS)
+    run.prompt = cut_marked(run.prompt, keep)
     run.status = RunStatus.FAILED
-    run.error = f"refused: {problem}"
+    run.error = f"refused: {refusal.text}"
     run.finished_at = run.started_at = utcnow()
     run.duration_ms = 0
     try:

@@ -22,7 +22,8 @@ from slack_bolt.response import BoltResponse
 
 from bot.models import RunKind, RunQuery, RunRecord
 from bot.team import policy_for
-from handlers.commands import check_prompt, record_refusal
+from handlers.commands import record_refusal, screen
+from handlers.incoming import clean_request_text
 from handlers.sinks import SlackEditSink
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class SeenEvents:
 
 
 def register(app: AsyncApp, deps: BotDeps) -> None:
+    # First of all middleware: user text is cleaned once, here, for every listener.
+    app.middleware(clean_request_text)
     seen = SeenEvents()
 
     @app.middleware
@@ -175,12 +178,10 @@ async def _converse(
             "chat.postEphemeral", channel=channel, user=run.user_id, text=text, thread_ts=thread_ts
         )
 
-    problem = check_prompt(run.prompt, limit=deps.settings.max_prompt_chars)
-    if problem is None:
-        problem = deps.guard.refusal(user_id=run.user_id, channel_id=run.channel_id)
-    if problem is not None:
-        await record_refusal(deps, run, problem)
-        deps.background.spawn(notify(problem), name=f"refusal-{run.id}")
+    refusal = screen(deps, run)
+    if refusal is not None:
+        await record_refusal(deps, run, refusal)
+        deps.background.spawn(notify(refusal.text), name=f"refusal-{run.id}")
         return
     history = _history(earlier)
     # Native streaming replies in a thread; a DM's top-level answer is an edited message.

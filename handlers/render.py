@@ -2,6 +2,10 @@
 
 Lengths are measured in UTF-8 bytes, which is never less than Slack's character count, so a
 piece that fits here fits in Slack.
+
+Every text that is not ours (the model's answer, the prompt, tool arguments, errors) goes
+through `handlers.untrusted` once, after it is cut to fit and before it is measured: each
+message is safe on its own, and no cut falls inside an escape.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bot.board import BoardView, ItemStatus
+from bot.board import BoardItem, BoardView, ItemStatus
 from bot.models import Progress, RunRecord, RunStatus
-from bot.text import preview
+from bot.text import one_line
+from handlers import untrusted
 
 ANSWER_CHUNK_BYTES = 3900
 """The most answer text, in UTF-8 bytes, one message shows (docs/ARCHITECTURE.md §4)."""
@@ -56,6 +61,47 @@ def split_text(text: str, limit: int = ANSWER_CHUNK_BYTES) -> list[str]:
     return pieces
 
 
+def split_answer(text: str, limit: int = ANSWER_CHUNK_BYTES) -> list[tuple[str, str]]:
+    """`text` (untrusted Markdown) in pieces as `split_text` cuts it, each as (raw, shown):
+    `shown` is the piece made safe (`untrusted.markdown`), at most `limit` UTF-8 bytes.
+
+    The raw pieces concatenate to `text`; each piece is escaped on its own, as Slack shows
+    each message on its own.
+    """
+    pieces: list[tuple[str, str]] = []
+    rest = text
+    while rest:
+        budget = limit
+        while True:
+            cut = _first_cut(rest, budget)
+            shown = untrusted.markdown(rest[:cut])
+            excess = utf8_len(shown) - limit
+            if excess <= 0:
+                break
+            budget = max(4, budget - excess)  # escapes grew it: cut shorter
+        pieces.append((rest[:cut], shown))
+        rest = rest[cut:]
+    return pieces
+
+
+def answer_tail(text: str, limit: int = ANSWER_CHUNK_BYTES) -> str:
+    """The end of `text` (untrusted Markdown) that fits in `limit` bytes once made safe."""
+    budget = limit
+    while True:
+        shown = untrusted.markdown(tail_that_fits(text, budget))
+        excess = utf8_len(shown) - limit
+        if excess <= 0:
+            return shown
+        budget = max(8, budget - excess)
+
+
+def _first_cut(text: str, limit: int) -> int:
+    """Where `split_text` ends the first piece of `text`."""
+    if utf8_len(text) <= limit:
+        return len(text)
+    return _best_cut(_prefix_within(text, limit))
+
+
 def tail_that_fits(text: str, limit: int = ANSWER_CHUNK_BYTES) -> str:
     """The end of `text`, marked with a leading ellipsis when cut, within `limit` bytes."""
     if utf8_len(text) <= limit:
@@ -77,12 +123,16 @@ def _best_cut(head: str) -> int:
         at = head.rfind(separator)
         if at >= half:
             return at + len(separator)
+    # Not inside an escape (`&amp;`): cut before its `&`.
+    entity = head.rfind("&", max(half, len(head) - 8))
+    if entity > 0 and ";" not in head[entity:]:
+        return entity
     return len(head)
 
 
 def asked_line(user_id: str | None, prompt: str, *, command: str | None = None) -> str:
     shown = prompt if len(prompt) <= PROMPT_PREVIEW_CHARS else prompt[:PROMPT_PREVIEW_CHARS] + "…"
-    who = f"<@{user_id}>" if user_id else "Someone"
+    who = f"<@{user_id}>" if user_id else "Someone"  # the asker: ours, meant to mention
     via = f" `{command}`" if command else ""
     return f"{who} asked{via}: {_quote_inline(shown)}"
 
@@ -100,7 +150,7 @@ def live_message(
     `heading` replaces the default first line ("<@U> asked: …"), e.g. for a team's subtask;
     `queued` is the run's place in line while it waits for a free place.
     """
-    body = tail_that_fits(text) if text else "_thinking…_"
+    body = answer_tail(text) if text else "_thinking…_"
     if queued is not None:
         status = f"⏳ queued, position {queued}: agentbot is busy, your run starts soon"
     elif progress is None:
@@ -110,12 +160,9 @@ def live_message(
             f"✍️ ~{progress.output_tokens} tokens · {progress.tokens_per_s:.0f} tok/s · "
             f"{progress.elapsed_s:.0f} s"
         )
-    blocks: Blocks = [
-        _context(heading or asked_line(run.user_id, run.prompt, command=run.command)),
-        _markdown(body),
-    ]
+    blocks: Blocks = [_context(_heading_line(run, heading)), _markdown(body)]
     if progress is not None and progress.tools:
-        blocks.append(_context("\n".join(progress.tools)))
+        blocks.append(_context(untrusted.mrkdwn("\n".join(progress.tools))))
     blocks += [_context(status), _stop_button(run.id)]
     return SlackMessage(text=_notification(text or "thinking…"), blocks=blocks)
 
@@ -125,38 +172,43 @@ def final_messages(run: RunRecord, *, heading: str | None = None) -> list[SlackM
 
     The whole output is shown across them, in order, nothing dropped.
     """
-    chunks = split_text(run.output) if run.output else []
+    chunks = split_answer(run.output)
     notice = status_notice(run)
-    first_body = chunks[0] if chunks else None
     footer = footer_line(run)
     if len(chunks) > 1:
         footer += f" · continued in thread ({len(chunks) - 1} more)"
-    blocks: Blocks = [_context(heading or asked_line(run.user_id, run.prompt, command=run.command))]
-    if first_body:
-        blocks.append(_markdown(first_body))
+    blocks: Blocks = [_context(_heading_line(run, heading))]
+    if chunks:
+        blocks.append(_markdown(chunks[0][1]))
     if notice:
         blocks.append(_section(notice))
     blocks.append(_context(footer))
-    first = SlackMessage(text=_notification(first_body or notice or "done"), blocks=blocks)
+    if chunks:
+        said = _notification(chunks[0][0])
+    else:
+        said = _notification_of_mrkdwn(notice or "done")
+    first = SlackMessage(text=said, blocks=blocks)
     rest = [
-        SlackMessage(text=_notification(chunk), blocks=[_markdown(chunk)]) for chunk in chunks[1:]
+        SlackMessage(text=_notification(raw), blocks=[_markdown(shown)])
+        for raw, shown in chunks[1:]
     ]
     return [first, *rest]
 
 
 def status_notice(run: RunRecord, *, answer_above: bool = True) -> str | None:
-    """The line that explains an unsuccessful end, or None for a success. `answer_above`:
-    the message shows the run's output above the line (a board does not)."""
+    """The mrkdwn line that explains an unsuccessful end, or None for a success.
+    `answer_above`: the message shows the run's output above the line (a board does not)."""
     kept = " Partial answer kept above." if run.output and answer_above else ""
+    error = _error(run.error, run.status) if run.error else None
     match run.status:
         case RunStatus.SUCCEEDED:
             return None if run.output else "_The model returned an empty answer._"
         case RunStatus.CANCELLED:
-            return f"⏹️ {run.error or 'Stopped'}.{kept}"
+            return f"⏹️ {error or 'Stopped'}.{kept}"
         case RunStatus.INTERRUPTED:
-            return f"⚠️ Interrupted: {run.error or 'the bot stopped'}.{kept}"
+            return f"⚠️ Interrupted: {error or 'the bot stopped'}.{kept}"
         case RunStatus.FAILED:
-            return f"⚠️ {run.error or 'The run failed'}.{kept}"
+            return f"⚠️ {error or 'The run failed'}.{kept}"
         case RunStatus.QUEUED | RunStatus.RUNNING:
             return None
 
@@ -165,7 +217,7 @@ def footer_line(run: RunRecord) -> str:
     seconds = (run.duration_ms or 0) / 1000
     rate = run.output_tokens / seconds if seconds > 0 else 0.0
     parts = [
-        f"`{run.model}`" if run.model else None,
+        f"`{untrusted.mrkdwn(run.model)}`" if run.model else None,
         f"{run.input_tokens} in / {run.output_tokens} out tokens",
         f"{seconds:.1f} s",
         f"{rate:.0f} tok/s",
@@ -175,26 +227,58 @@ def footer_line(run: RunRecord) -> str:
 
 
 def tools_used(run: RunRecord) -> str | None:
-    """A compact list of the tools a run used: "🔧 fetch_url ×2, read_thread (1 failed)"."""
+    """A compact list of the tools a run used: "🔧 fetch_url ×2, read_thread (1 failed)"
+    (mrkdwn; the names are the model's)."""
     if not run.tool_calls:
         return None
     counts: dict[str, int] = {}
     for call in run.tool_calls:
         counts[call["name"]] = counts.get(call["name"], 0) + 1
-    used = ", ".join(name + (f" ×{n}" if n > 1 else "") for name, n in counts.items())
+    used = ", ".join(
+        untrusted.mrkdwn(name) + (f" ×{n}" if n > 1 else "") for name, n in counts.items()
+    )
     failed = sum(1 for call in run.tool_calls if not call.get("ok"))
     return f"🔧 {used}" + (f" ({failed} failed)" if failed else "")
 
 
 def _notification(text: str) -> str:
-    """A message's `text`: what notifications and screen readers show of it."""
-    return preview(text, NOTIFICATION_CHARS)
+    """A message's `text` (mrkdwn): what notifications and screen readers show of `text`."""
+    return untrusted.fit(one_line(text), NOTIFICATION_CHARS, untrusted.mrkdwn)
+
+
+def _notification_of_mrkdwn(text: str) -> str:
+    """A message's `text` made of mrkdwn that is safe already: cut, never inside an escape
+    (`&amp;`) or a mention (`<@U1>`)."""
+    flat = one_line(text)
+    if len(flat) <= NOTIFICATION_CHARS:
+        return flat
+    cut = flat[: NOTIFICATION_CHARS - 1]
+    for opener, closer in (("&", ";"), ("<", ">")):
+        at = cut.rfind(opener)
+        if at > cut.rfind(closer):
+            cut = cut[:at]
+    return cut + "…"
+
+
+def _error(error: str, status: RunStatus) -> str:
+    """A run's error as mrkdwn. A stopped or interrupted run's reason is the bot's own
+    ("Stopped by <@U1>"); a failure's may quote a provider or the model, and is escaped."""
+    if status in (RunStatus.CANCELLED, RunStatus.INTERRUPTED):
+        return error
+    return untrusted.mrkdwn(error)
+
+
+def _heading_line(run: RunRecord, heading: str | None) -> str:
+    """The first line of a run's message: `heading` (mrkdwn that may quote the model, e.g.
+    a subtask's title) or who asked what."""
+    if heading:
+        return untrusted.mrkdwn(heading)
+    return asked_line(run.user_id, run.prompt, command=run.command)
 
 
 def _quote_inline(text: str) -> str:
-    """One line, with Slack's three control characters escaped so a prompt cannot ping anyone."""
-    flat = " ".join(text.split())
-    return flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """One line, escaped so a prompt cannot ping anyone."""
+    return untrusted.mrkdwn(one_line(text))
 
 
 def _stop_button(run_id: str) -> dict[str, Any]:
@@ -236,16 +320,25 @@ BOARD_ICONS = {
 SECTION_BYTES = 3000
 
 
+def _detail(item: BoardItem) -> str:
+    """A board line's detail: a stopped part's reason is the bot's; else escaped."""
+    if item.status is ItemStatus.CANCELLED:
+        return item.detail
+    return untrusted.mrkdwn(item.detail)
+
+
 def board_message(run: RunRecord, view: BoardView, *, final: bool) -> SlackMessage:
     """The parent of a team, pipeline or comparison: the task, one line per part with its
     status, and (while live) a Stop button that stops every part."""
+    safe = untrusted.mrkdwn  # labels quote the planner's titles, details the runs' errors
     lines = [
-        f"{BOARD_ICONS[item.status]} {item.label}" + (f" — _{item.detail}_" if item.detail else "")
+        f"{BOARD_ICONS[item.status]} {safe(item.label)}"
+        + (f" — _{_detail(item)}_" if item.detail else "")
         for item in view.items
     ]
     blocks: Blocks = [
         _context(asked_line(run.user_id, run.prompt, command=run.command)),
-        _section(f"*{view.title}* · {view.phase}"),
+        _section(f"*{safe(view.title)}* · {safe(view.phase)}"),
     ]
     if lines:
         blocks.append(_section(tail_that_fits("\n".join(lines), SECTION_BYTES)))
@@ -253,11 +346,12 @@ def board_message(run: RunRecord, view: BoardView, *, final: bool) -> SlackMessa
     if final and run.status is not RunStatus.SUCCEEDED:
         notice = status_notice(run, answer_above=False)
     if final and run.status is RunStatus.SUCCEEDED and run.error:
-        notice = f"⚠️ {run.error}."  # e.g. some subtasks failed but the team still answered
+        notice = f"⚠️ {safe(run.error)}."  # e.g. some subtasks failed but the team answered
     if notice:
         blocks.append(_section(notice))
     if final:
-        blocks.append(_context(f"{view.summary or ''} · answers in the thread ↓".lstrip(" ·")))
+        summary = safe(view.summary or "")
+        blocks.append(_context(f"{summary} · answers in the thread ↓".lstrip(" ·")))
     else:
         blocks.append(_stop_button(run.id))
     return SlackMessage(text=_notification(f"{view.title}: {view.phase}"), blocks=blocks)

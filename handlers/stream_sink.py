@@ -16,6 +16,12 @@ shown below the streamed text; a reply needs `thread_ts`, and outside DMs the st
 `recipient_user_id` and `recipient_team_id`. No total length of a streamed message is
 documented: if Slack refuses an append, the sink edits instead, and the final message is
 split by `render.final_messages` into the message and thread replies, nothing lost.
+
+What is streamed is the answer made safe (`untrusted.markdown`), and a stream can only grow:
+the sink appends the safe form of the part of the answer whose escape can no longer change
+(`untrusted.stable_end`), so what Slack holds is at every moment the escape of a beginning of
+the answer. Should the escape of the answer ever stop extending what was sent, the sink
+edits the message instead, which replaces it whole.
 """
 
 from __future__ import annotations
@@ -29,8 +35,7 @@ from typing import Any
 
 from bot.errors import InputError
 from bot.models import Progress, RunRecord, ToolState, ToolTask
-from bot.text import cap
-from handlers import render
+from handlers import render, untrusted
 from handlers.pacer import MAX_TRANSIENT_FAILURES, LiveMessage, SlackCallFailed, WorkspacePacer
 from handlers.sinks import NOT_IN_CHANNEL, Notify, post_first_message, show_final
 
@@ -99,8 +104,12 @@ class SlackStreamSink:
         self._run: RunRecord | None = None
         self._ts: str | None = None
         self._text = ""  # the answer so far, as the runner gave it
+        self._final = False  # `_text` is the whole answer: nothing is held back
+        self._safe = ""  # what the stream is to show: the safe form of (most of) `_text`
+        self._safe_of: tuple[str, bool] | None = None  # the (`_text`, `_final`) of `_safe`
+        self._streamed = ""  # what the stream shows: a beginning of `_safe`
         self._progress: Progress | None = None
-        self._sent = 0  # characters of the answer already in the stream
+        self._sent = 0  # characters of `_safe` already in the stream
         self._tasks: dict[str, ToolTask] = {}  # the latest state of each tool call seen
         self._seen_tasks: tuple[ToolTask, ...] = ()  # `Progress.tasks` as last taken in
         self._unsent_tasks: list[tuple[int, ToolTask]] = []  # (place in the text, state)
@@ -108,6 +117,7 @@ class SlackStreamSink:
         self._live: LiveMessage | None = None
         self._started_at = 0.0
         self._last_append = 0.0
+        self._last_look = 0.0  # when the sender last found everything held back
         self._failures = 0
         self._wake = asyncio.Event()  # set while text or tool states wait to be appended
         self._sender: asyncio.Task[None] | None = None
@@ -134,7 +144,7 @@ class SlackStreamSink:
                 thread_ts=self._thread_ts,
                 recipient_user_id=run.user_id,
                 recipient_team_id=run.team_id,
-                markdown_text=f"**{self._heading}**\n\n" if self._heading else None,
+                markdown_text=self._heading_text(),
                 task_display_mode=self._task_display,
             )
         except SlackCallFailed as exc:
@@ -162,8 +172,7 @@ class SlackStreamSink:
             for task in progress.tasks:
                 self._note_task(task)
         if self._mode is _Mode.STREAMING:
-            if len(text) > self._sent or self._unsent_tasks:
-                self._wake.set()
+            self._wake.set()  # the sender sees whether any of it can go yet
         elif self._mode is _Mode.EDITING:
             self._show_live()
 
@@ -174,7 +183,7 @@ class SlackStreamSink:
         if self._mode is _Mode.STREAMING:
             too_old = self._age() >= self._max_age
             # The runner only ever extends the text; if not, editing shows it whole.
-            extends = run.output.startswith(self._text[: self._sent])
+            extends = untrusted.markdown(run.output).startswith(self._streamed)
             if not too_old and extends and await self._end_stream(run):
                 return
             await self._fall_back(stop_stream=too_old or not extends)
@@ -188,7 +197,16 @@ class SlackStreamSink:
         try:
             while not self._closing:
                 await self._wake.wait()
-                await asyncio.sleep(max(0.0, self._last_append + self._interval - self._clock()))
+                soonest = max(self._last_append, self._last_look) + self._interval
+                await asyncio.sleep(max(0.0, soonest - self._clock()))
+                if not self._safe_text().startswith(self._streamed):
+                    log.warning("stream %s: the escaped answer changed; editing", self._ts)
+                    await self._fall_back(stop_stream=True)
+                    return
+                if not self._news():
+                    self._last_look = self._clock()  # all held back: look again in a while
+                    self._wake.clear()
+                    continue
                 if self._age() < self._max_age:
                     await self._pacer.wait_turn(APPEND)
                 if self._age() >= self._max_age:
@@ -213,7 +231,7 @@ class SlackStreamSink:
                 self._failures = 0
                 self._sent_batch(batch)
                 self._last_append = self._clock()
-                if self._sent >= len(self._text) and not self._unsent_tasks:
+                if not self._news():
                     self._wake.clear()
         except Exception:
             log.exception("stream %s: the sender failed; editing instead", self._ts)
@@ -234,7 +252,7 @@ class SlackStreamSink:
     async def _end_stream(self, run: RunRecord) -> bool:
         """Send what the stream lacks and stop it with the footer; False when Slack refused
         (the end is then shown by editing, which replaces the message whole)."""
-        self._text = run.output
+        self._text, self._final = run.output, True
         for task in list(self._tasks.values()):
             if task.state is ToolState.RUNNING:  # the run ended during the call
                 self._note_task(dataclasses.replace(task, state=ToolState.FAILED, note=UNFINISHED))
@@ -257,30 +275,45 @@ class SlackStreamSink:
         """Queue a tool call's new state, to follow the text written so far."""
         if self._tasks.get(task.id) != task:
             self._tasks[task.id] = task
-            self._unsent_tasks.append((len(self._text), task))
+            self._unsent_tasks.append((len(self._safe_text()), task))
+
+    def _news(self) -> bool:
+        """True when text or tool states can be appended now."""
+        return len(self._safe_text()) > self._sent or bool(self._unsent_tasks)
+
+    def _safe_text(self) -> str:
+        """The safe form of the answer as far as it can be streamed now (all of it once
+        final); made when asked, not on every token."""
+        if self._safe_of != (self._text, self._final):
+            text = self._text
+            shown = text if self._final else text[: untrusted.stable_end(text)]
+            self._safe, self._safe_of = untrusted.markdown(shown), (text, self._final)
+        return self._safe
 
     def _next_batch(self) -> _Batch:
         """The next call's content: the unsent text, up to Slack's limit, with each unsent
         tool state placed after the text that came before it."""
+        text = self._safe_text()
         start = self._sent
-        end = start + len(_first_piece(self._text[start:]))
+        end = start + len(_first_piece(text[start:]))
         tasks = [(at, task) for at, task in self._unsent_tasks if at <= end]
-        last = end == len(self._text) and len(tasks) == len(self._unsent_tasks)
+        last = end == len(text) and len(tasks) == len(self._unsent_tasks)
         if not tasks:
-            return _Batch({"markdown_text": self._text[start:end] or None}, end, 0, last)
+            return _Batch({"markdown_text": text[start:end] or None}, text[:end], 0, last)
         chunks: list[dict[str, Any]] = []
         at = start
         for place, task in tasks:
             if place > at:
-                chunks.append({"type": "markdown_text", "text": self._text[at:place]})
+                chunks.append({"type": "markdown_text", "text": text[at:place]})
                 at = place
             chunks.append(task_chunk(task))
         if end > at:
-            chunks.append({"type": "markdown_text", "text": self._text[at:end]})
-        return _Batch({"chunks": chunks}, end, len(tasks), last)
+            chunks.append({"type": "markdown_text", "text": text[at:end]})
+        return _Batch({"chunks": chunks}, text[:end], len(tasks), last)
 
     def _sent_batch(self, batch: _Batch) -> None:
-        self._sent = batch.end
+        self._streamed = batch.streamed
+        self._sent = len(batch.streamed)
         del self._unsent_tasks[: batch.task_count]
 
     # -- editing (the fallback) ------------------------------------------------------------
@@ -349,6 +382,11 @@ class SlackStreamSink:
         await self._notify(NOT_IN_CHANNEL)
         return InputError(f"the bot is not in channel {self._channel} ({exc.error})")
 
+    def _heading_text(self) -> str | None:
+        """The bold first line of the reply: `heading` may quote the model (a subtask's
+        title)."""
+        return f"**{untrusted.markdown(self._heading)}**\n\n" if self._heading else None
+
     def _age(self) -> float:
         return self._clock() - self._started_at
 
@@ -358,7 +396,7 @@ class _Batch:
     """The content of one chat.appendStream or chat.stopStream call."""
 
     args: dict[str, Any]  # `markdown_text` (None when there is none) or `chunks`
-    end: int  # the answer is in the stream up to here once the call succeeds
+    streamed: str  # what the stream shows once the call succeeds
     task_count: int  # how many of the unsent tool states it carries (the first ones)
     last: bool  # nothing remains after it
 
@@ -368,15 +406,16 @@ class _Batch:
 
 
 def task_chunk(task: ToolTask) -> dict[str, Any]:
-    """A `task_update` chunk: the card of one tool call, kept within Slack's limits."""
+    """A `task_update` chunk: the card of one tool call, kept within Slack's limits. Its
+    title and output quote the model's arguments and the tool's errors: made safe."""
     chunk: dict[str, Any] = {
         "type": "task_update",
         "id": task.id,
-        "title": cap(task.title, TASK_TEXT_LIMIT),
+        "title": untrusted.fit(task.title, TASK_TEXT_LIMIT, untrusted.markdown),
         "status": TASK_STATUS[task.state],
     }
     if task.note:
-        chunk["output"] = cap(task.note, TASK_TEXT_LIMIT)
+        chunk["output"] = untrusted.fit(task.note, TASK_TEXT_LIMIT, untrusted.markdown)
     return chunk
 
 

@@ -24,6 +24,7 @@ from bot.models import (
     utcnow,
 )
 from bot.ports import EVENT_TTL
+from bot.text import clean_text
 from storage.db import check, first_line
 from storage.history import MAX_LIMIT, run_conditions, run_stats, runs_page
 from storage.search import candidate_ids, sqlite_search_ready
@@ -37,7 +38,6 @@ from storage.tables import (
     audit_entry,
     audit_row,
     record_from_row,
-    row_from_record,
     row_values,
 )
 
@@ -62,14 +62,14 @@ class SqlRunStore:
         """Insert a new run; `ValueError` if its id exists or its parent does not."""
         try:
             async with self._sessions.begin() as session:
-                session.add(row_from_record(run))
+                session.add(RunRow(**_clean(row_values(run))))
         except IntegrityError as exc:
             raise ValueError(f"cannot create run {run.id}: {first_line(exc)}") from exc
 
     async def save(self, run: RunRecord) -> None:
         """Write the whole record (upsert by id); stored messages stay when
         `run.messages_json` is `None`. `ValueError` if its parent does not exist."""
-        values = row_values(run)
+        values = _clean(row_values(run))
         try:
             async with self._sessions.begin() as session:
                 await session.execute(_upsert(self._engine.dialect.name, values))
@@ -282,6 +282,13 @@ class SqlRunStore:
         async with self._sessions() as session:
             rows = (await session.scalars(stmt)).all()
             return [record_from_row(row, with_messages=False) for row in rows]
+
+
+def _clean(values: dict[str, Any]) -> dict[str, Any]:
+    """Column values with every text cleaned (`clean_text`). Every run written passes here,
+    whoever wrote its text (user, model, tool): PostgreSQL refuses NUL, and neither database
+    driver can encode a lone surrogate."""
+    return {name: clean_text(v) if isinstance(v, str) else v for name, v in values.items()}
 
 
 def _without_messages() -> Select[tuple[RunRow]]:

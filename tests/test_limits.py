@@ -63,7 +63,8 @@ def test_guard_rate_limits_each_user_over_a_sliding_minute():
     assert guard.refusal(user_id="U1", channel_id="C1") is None
     assert guard.refusal(user_id="U1", channel_id="C1") is None
     refusal = guard.refusal(user_id="U1", channel_id="C1")
-    assert refusal and "limit is 2" in refusal and "60 s" in refusal
+    assert refusal and refusal.rate_limited
+    assert "limit is 2" in refusal.text and "60 s" in refusal.text
     assert guard.refusal(user_id="U2", channel_id="C1") is None, "other users are not affected"
     now[0] = 60.5
     assert guard.refusal(user_id="U1", channel_id="C1") is None
@@ -72,8 +73,21 @@ def test_guard_rate_limits_each_user_over_a_sliding_minute():
 def test_guard_allowlists():
     guard = Guard(allowed_users=frozenset({"U1"}), allowed_channels=frozenset({"C1"}))
     assert guard.refusal(user_id="U1", channel_id="C1") is None
-    assert "not on the list" in guard.refusal(user_id="U2", channel_id="C1")
-    assert "not enabled in this channel" in guard.refusal(user_id="U1", channel_id="C2")
+    assert "not on the list" in guard.refusal(user_id="U2", channel_id="C1").text
+    assert "not enabled in this channel" in guard.refusal(user_id="U1", channel_id="C2").text
+
+
+def test_guard_counts_refused_requests_but_not_rate_limited_ones():
+    now = [0.0]
+    guard = Guard(
+        runs_per_user_per_minute=2, allowed_channels=frozenset({"C1"}), clock=lambda: now[0]
+    )
+    assert not guard.refusal(user_id="U1", channel_id="C9").rate_limited  # refused, counted
+    now[0] = 30.0
+    assert guard.refusal(user_id="U1", channel_id="C1") is None
+    assert guard.refusal(user_id="U1", channel_id="C1").rate_limited
+    now[0] = 60.5  # the first (refused) request has left the window; the rate-limited one
+    assert guard.refusal(user_id="U1", channel_id="C1") is None  # never entered it
 
 
 async def test_runs_beyond_the_cap_wait_in_line_and_are_told_their_place(start_bot, emulator):

@@ -15,12 +15,16 @@ from typing import Any
 import aiohttp
 import pytest
 from pydantic_ai.models import Model
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from bot.config import AppConfig, Settings
-from bot.models import RunQuery, RunRecord, RunStatus
+from bot.agents import AgentRegistry, BuiltAgent
+from bot.config import DEMO_FAST_MODEL, DEMO_MODEL, AppConfig, Settings
+from bot.demo import DEMO_SPEEDS
+from bot.models import RunKind, RunQuery, RunRecord, RunStatus
 from bot.playground.app import Playground, start_playground
 from bot.playground.state import Message
-from handlers.render import STOP_ACTION_ID
+from bot.tools import ToolDeps
+from handlers.render import ANSWER_CHUNK_BYTES, STOP_ACTION_ID, utf8_len
 from tests.conftest import wait_until
 from tests.scripted import ScriptedModel
 from tests.test_ask import all_text, answer_text
@@ -374,3 +378,135 @@ async def _final_message(feed: aiohttp.ClientResponse) -> dict[str, Any]:
             if event["type"] == "message" and " out tokens" in footer:
                 return next(b for b in blocks if b["type"] == "markdown")
     raise AssertionError("the feed ended before the answer was complete")
+
+
+# -- the offline demo model shows every feature ----------------------------------------------
+
+
+@pytest.fixture
+def fast_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo models at test speed, still `demo-fast` ten times faster than `demo`."""
+    monkeypatch.setitem(DEMO_SPEEDS, DEMO_MODEL, 100.0)
+    monkeypatch.setitem(DEMO_SPEEDS, DEMO_FAST_MODEL, 1000.0)
+
+
+def thread_answer(emulator: Any, channel: str, ts: str) -> str:
+    """The whole answer across a message and its thread replies (the bot's, in order)."""
+    return "".join(answer_text(m) for m in emulator.thread(channel, ts) if m.bot_id)
+
+
+async def finished_runs(playground: Playground, count: int) -> list[RunRecord]:
+    found: list[RunRecord] = []
+
+    async def done() -> bool:
+        nonlocal found
+        found = [r for r in await runs(playground) if r.status.is_final]
+        return len(found) >= count and len(playground.service.parts.background) == 0
+
+    await wait_until(done, playground.emulator)
+    return found
+
+
+async def test_the_demo_writes_a_long_answer_that_continues_in_the_thread(start, fast_demo):
+    playground = await start()  # no model, no AGENTBOT_MODEL: the demo model
+    emulator = playground.emulator
+    await post(playground, "/playground/send", {"text": "/ask write a long essay about bees"})
+    [run] = await finished_runs(playground, 1)
+    assert run.status is RunStatus.SUCCEEDED
+    assert utf8_len(run.output) > 2 * ANSWER_CHUNK_BYTES, "more than two messages hold"
+
+    [message] = emulator.messages("C123")
+    replies = emulator.thread("C123", message.ts)[1:]
+    assert len(replies) >= 2, "continued in thread replies"
+    assert "continued in thread" in all_text(message)
+    assert thread_answer(emulator, "C123", message.ts) == run.output, "no text dropped"
+
+
+async def test_a_demo_follow_up_visibly_uses_the_earlier_turns(start, fast_demo):
+    playground = await start()
+    emulator = playground.emulator
+    await post(playground, "/playground/send", {"text": "/ask tell me about otters"})
+    await finished_runs(playground, 1)
+    [parent] = emulator.messages("C123")
+
+    await post(
+        playground,
+        "/playground/send",
+        {"text": "and sea lions?", "thread_ts": parent.ts, "channel": "C123"},
+    )
+    runs_now = await finished_runs(playground, 2)
+    followup = next(r for r in runs_now if r.kind is RunKind.FOLLOWUP)
+    assert "turn 2 of our conversation" in followup.output
+    assert "Before this you asked “tell me about otters”" in followup.output
+    shown = "".join(answer_text(m) for m in emulator.thread("C123", parent.ts)[1:] if m.bot_id)
+    assert "tell me about otters" in shown, "the reply in the thread shows it"
+
+
+async def test_a_demo_question_about_the_time_calls_the_time_tool(start, fast_demo):
+    playground = await start()
+    emulator = playground.emulator
+    await post(playground, "/playground/send", {"text": "/ask what time is it in Europe/Paris?"})
+    [run] = await finished_runs(playground, 1)
+    assert run.status is RunStatus.SUCCEEDED
+    assert [call["name"] for call in run.tool_calls or []] == ["current_time"]
+    assert "I called the `current_time` tool. It says:" in run.output
+    assert "Europe/Paris" in run.output, "with the time zone the prompt named"
+    [message] = emulator.messages("C123")
+    assert "🔧 current_time" in all_text(message), "the footer shows the tool"
+    live = [json.dumps(call.args.get("blocks")) for call in emulator.calls_to("chat.update")]
+    assert any("current_time" in b and STOP_ACTION_ID in b for b in live), "and the live line"
+
+
+async def test_demo_compare_runs_two_demo_models_of_different_speeds(start, fast_demo):
+    playground = await start()
+    emulator = playground.emulator
+    await post(playground, "/playground/send", {"text": "/compare which is faster?"})
+    found = await finished_runs(playground, 3)
+    children = {r.model: r for r in found if r.kind is RunKind.COMPARE}
+    assert set(children) == {DEMO_MODEL, DEMO_FAST_MODEL}
+    assert all(r.status is RunStatus.SUCCEEDED for r in children.values())
+    slow, fast = children[DEMO_MODEL], children[DEMO_FAST_MODEL]
+    assert (slow.duration_ms or 0) > (fast.duration_ms or 0)
+    [parent] = emulator.messages("C123")
+    headings = [all_text(m) for m in emulator.thread("C123", parent.ts)[1:]]
+    assert any(f"`{DEMO_FAST_MODEL}`" in text for text in headings)
+
+
+def test_compare_falls_back_to_two_demo_models_only_on_the_demo():
+    assert Settings().compare_models == (DEMO_MODEL, DEMO_FAST_MODEL)
+    assert Settings(AGENTBOT_MODEL="openai-chat:gpt-4o-mini").compare_models == ()
+    assert Settings(AGENTBOT_COMPARE_MODELS="demo,x:y").compare_models == ("demo", "x:y")
+
+
+async def _tool_names(built: BuiltAgent) -> list[str]:
+    seen: list[str] = []
+
+    async def stream(messages: list[Any], info: AgentInfo) -> AsyncIterator[str]:
+        seen.extend(tool.name for tool in info.function_tools)
+        yield "ok"
+
+    with built.agent.override(model=FunctionModel(stream_function=stream)):
+        async with built.agent.run_stream("hi", deps=ToolDeps()) as result:
+            await result.get_output()
+    return seen
+
+
+async def test_only_agents_on_a_demo_model_get_the_time_tool():
+    demo = AgentRegistry(AppConfig(), Settings())
+    assert await _tool_names(demo.get("assistant")) == ["current_time"]
+    assert await _tool_names(demo.with_model("assistant", DEMO_FAST_MODEL)) == ["current_time"]
+    real = AgentRegistry(AppConfig(), Settings(AGENTBOT_MODEL="test"))
+    assert await _tool_names(real.get("assistant")) == []
+
+
+async def test_a_dm_to_the_bot_is_answered_in_the_dm(start, fast_demo):
+    playground = await start()
+    emulator = playground.emulator
+    info = await get_json(playground, "/playground/info")
+    dm = info["dm"]["id"]
+    assert dm.startswith("D") and info["dm"]["name"] == "agentbot"
+    status, answer = await post(playground, "/playground/send", {"text": "hi", "channel": dm})
+    assert status == 200 and answer["delivered"] == [200]
+    await finished_runs(playground, 1)
+    assert any(m.bot_id and "You asked: “hi”" in answer_text(m) for m in emulator.messages(dm))
+    assert emulator.messages("C123") == []

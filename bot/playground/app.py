@@ -26,7 +26,8 @@ from aiohttp import web
 from pydantic_ai.models import Model
 
 from bot.agents import ModelFactory
-from bot.config import DEMO_MODEL, AppConfig, Settings
+from bot.config import AppConfig, Settings
+from bot.demo import DEMO_SPEEDS
 from bot.errors import ConfigError
 from bot.playground.emulator import SlackEmulator
 from bot.playground.slack_client import Delivery
@@ -39,6 +40,8 @@ USER_ID = "U123"
 USER_NAME = "you"
 CHANNEL_ID = "C123"
 CHANNEL_NAME = "general"
+DM_ID = "D123"
+"""The user's direct messages with the bot ("agentbot" under Apps on the page)."""
 STATIC_DIR = Path(__file__).parent / "static"
 
 _CHANNEL_ID = re.compile(r"^[CDG][A-Z0-9]{2,20}$")
@@ -220,10 +223,11 @@ class PlaygroundRoutes:
         return web.json_response(
             {
                 "model": model,
-                "demo": model == DEMO_MODEL,
+                "demo": model in DEMO_SPEEDS,
                 "user": {"id": USER_ID, "name": USER_NAME},
                 "bot": {"id": self.emulator.bot_user_id, "name": "agentbot"},
                 "channel": {"id": CHANNEL_ID, "name": CHANNEL_NAME},
+                "dm": {"id": DM_ID, "name": "agentbot"},
                 "commands": commands,
                 "users": users,
                 "team_id": self.emulator.team_id,
@@ -434,7 +438,10 @@ def _channel(body: JsonDict) -> str:
 
 
 def _channel_name(channel: str) -> str:
-    return CHANNEL_NAME if channel == CHANNEL_ID else channel.lower()
+    """The `channel_name` Slack puts in a payload ("directmessage" for a DM)."""
+    if channel == CHANNEL_ID:
+        return CHANNEL_NAME
+    return "directmessage" if channel.startswith("D") else channel.lower()
 
 
 def _slack_escape(text: str) -> str:

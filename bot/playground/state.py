@@ -48,6 +48,7 @@ class Message:
     reply_count: int = 0
     latest_reply: str | None = None
     stream_started_at: float | None = field(default=None, repr=False)  # time.monotonic()
+    updated_at: float = 0.0  # time.time() of the latest text: the page's live footers count from it
     task_display_mode: str | None = None  # "timeline" or "plan", for a streamed message
     tasks: dict[str, JsonDict] = field(default_factory=dict)
     """The latest state of each task card a stream sent (`task_update` chunks), by task id,
@@ -65,6 +66,7 @@ class Message:
         """Replace the text and remember the new version."""
         self.text = text
         self.history.append(text)
+        self.updated_at = time.time()
 
     def to_slack(self) -> JsonDict:
         """The message as Slack's Web API returns it (`conversations.history`, `message`)."""
@@ -243,6 +245,7 @@ class Workspace:
     def __init__(self, *, team_id: str, bot_user_id: str) -> None:
         self.team_id = team_id
         self.bot_user_id = bot_user_id
+        self.started_at = time.monotonic()  # the origin of the page's API-call times
         self.calls: list[ApiCall] = []
         self.responses: list[JsonDict] = []
         self.acks: list[JsonDict] = []
@@ -477,6 +480,7 @@ class Workspace:
         return {
             "team_id": self.team_id,
             "bot_user_id": self.bot_user_id,
+            "started_at": self.started_at,
             "channels": channels,
             "orphan_threads": orphans,
             "ephemerals": [m.to_json() for m in self._ephemerals],

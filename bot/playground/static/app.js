@@ -17,9 +17,14 @@
       user: { id: "U123", name: "you" },
       bot: { id: "UBOT", name: "agentbot" },
       channel: { id: "C123", name: "general" },
+      dm: { id: "D123", name: "agentbot" },
       commands: [],
       users: {},
     },
+    current: location.hash === "#dm" ? "dm" : "channel", // the conversation shown: "channel" or "dm"
+    stopping: new Map(), // run id -> Date.now() when this page asked the bot to stop it
+    stopVersion: 0,
+    origin: null, // the emulator's clock (seconds) when the playground started
     messages: new Map(), // "channel/ts" -> message as the emulator describes it
     calls: new Map(), // "at|method" -> API call
     version: 0,
@@ -59,6 +64,7 @@
 
   function applySnapshot(snapshot) {
     const local = [...store.messages.values()].filter((m) => m._local);
+    if (typeof snapshot.started_at === "number") store.origin = snapshot.started_at;
     store.messages.clear();
     store.calls.clear();
     for (const top of Object.values(snapshot.channels || {})) {
@@ -140,23 +146,88 @@
       badge.textContent = `Model: ${info.model}`;
       badge.title = "The model the /ask agent uses (AGENTBOT_MODEL or agentbot.toml)";
     }
-    $("#channel-name").textContent = info.channel.name;
     $("#sidebar-channel").textContent = info.channel.name;
-    document.title = `#${info.channel.name} · agentbot playground`;
+    $("#sidebar-dm").textContent = info.dm.name;
+    showConversationChrome();
     scheduleRender();
+  }
+
+  // ---- conversations: #general, and the DM with the bot ("agentbot" under Apps) -----------
+
+  const conversation = () => (store.current === "dm" ? store.info.dm : store.info.channel);
+
+  function showConversationChrome() {
+    const dm = store.current === "dm";
+    const { name } = conversation();
+    for (const link of document.querySelectorAll("[data-conversation]")) {
+      const active = link.dataset.conversation === store.current;
+      link.classList.toggle("active", active);
+      if (active) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    $("#title-hash").hidden = dm;
+    $("#title-avatar").hidden = !dm;
+    $("#channel-name").textContent = name;
+    $("#channel-topic").textContent = dm
+      ? "Your direct messages with the bot: it answers every message"
+      : "The real bot, answering in an emulated Slack";
+    $("#channel-intro").hidden = dm;
+    $("#dm-intro").hidden = !dm;
+    $("#thread-topic").textContent = dm ? name : `#${name}`;
+    const input = $("#composer-input");
+    input.placeholder = dm ? `Message ${name}` : `Message #${name} — try /ask …`;
+    input.setAttribute("aria-label", dm ? `Message ${name}` : `Message #${name}`);
+    document.title = `${dm ? name : `#${name}`} · agentbot playground`;
+  }
+
+  function switchConversation(which) {
+    const next = which === "dm" ? "dm" : "channel";
+    if (next !== store.current) {
+      store.current = next;
+      closeThread();
+      for (const view of views) view.reset();
+      channelView.pinned = true;
+    }
+    const hash = next === "dm" ? "#dm" : "";
+    if (location.hash !== hash) history.replaceState(null, "", hash || location.pathname + location.search);
+    showConversationChrome();
+    scheduleRender();
+    $("#composer-input").focus();
   }
 
   // ---- text rendering ------------------------------------------------------------------
 
   const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
   const esc = (text) => String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
-  // Slack's entity escapes in mrkdwn, back to the characters they stand for.
+  // Slack's entity escapes, back to the characters they stand for (Slack shows them so).
   const unslack = (text) => text.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&amp;/g, "&");
 
-  function userName(id) {
-    const user = store.info.users[id];
+  const askedUsers = new Set();
+  let usersQueued = false;
+
+  // A person's name as Slack shows it in a mention; an id this page does not know yet is
+  // looked up once (the emulator knows every user that users.info knows).
+  function userName(id, label) {
     if (id === store.info.user.id) return store.info.user.name;
-    return user ? user.name : id;
+    const user = store.info.users[id];
+    if (user) return user.name;
+    if (!askedUsers.has(id)) {
+      askedUsers.add(id);
+      if (!usersQueued) {
+        usersQueued = true;
+        setTimeout(() => {
+          usersQueued = false;
+          loadInfo();
+        }, 200);
+      }
+    }
+    return label ? label.replace(/^@/, "") : id;
+  }
+
+  function channelName(id, label) {
+    if (label) return label;
+    const known = [store.info.channel, store.info.dm].find((c) => c && c.id === id);
+    return known ? known.name : id;
   }
 
   function link(url, labelHtml) {
@@ -164,41 +235,136 @@
     return `<a href="${esc(url)}" target="_blank" rel="noopener noreferrer">${labelHtml}</a>`;
   }
 
-  // One line of inline formatting. `slack`: the text is Slack mrkdwn (entities, <…> refs).
-  function inline(raw, { slack = false } = {}) {
-    const slots = [];
-    const keep = (html) => `\u0000${slots.push(html) - 1}\u0000`;
-    let s = String(raw).replace(/\u0000/g, "");
+  // ---- Slack's date formatting: <!date^1732450000^{date_short_pretty} {time}|fallback> ----
 
-    const refs = (text) =>
-      text
-        .replace(/<((?:https?:\/\/|mailto:)[^|>\s]+)(?:\|([^>]*))?>/g, (_, url, label) =>
-          keep(link(slack ? unslack(url) : url, esc(slack ? unslack(label || url) : label || url))),
-        )
-        .replace(/<@([A-Z0-9]+)(?:\|[^>]*)?>/g, (_, id) => keep(`<span class="mention">@${esc(userName(id))}</span>`))
-        .replace(/<#([A-Z0-9]+)(?:\|([^>]*))?>/g, (_, id, name) => keep(`<span class="mention">#${esc(name || id)}</span>`))
-        .replace(/<!(here|channel|everyone)(?:\|[^>]*)?>/g, (_, who) => keep(`<span class="mention broadcast">@${who}</span>`));
+  const MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+  const WEEKDAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+  const ordinal = (n) => {
+    const tens = n % 100;
+    const suffix = tens >= 11 && tens <= 13 ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+    return `${n}${suffix}`;
+  };
+  const pad = (n) => String(n).padStart(2, "0");
 
-    if (slack) s = unslack(refs(s));
-    s = s.replace(/`([^`\n]+)`/g, (_, code) => keep(`<code>${esc(code)}</code>`));
-    if (!slack) {
-      s = refs(s);
-      s = s.replace(/\[([^\]\n]+)\]\(((?:https?:\/\/|mailto:)[^)\s]+)\)/g, (_, label, url) => keep(link(url, esc(label))));
+  function relativeDay(date) {
+    const day = (d) => Math.floor(new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime() / 86_400_000);
+    return { 0: "today", [-1]: "yesterday", 1: "tomorrow" }[day(date) - day(new Date())] || null;
+  }
+
+  function ago(date) {
+    const seconds = Math.round((date.getTime() - Date.now()) / 1000);
+    const steps = [["year", 31_536_000], ["month", 2_592_000], ["day", 86_400], ["hour", 3600], ["minute", 60], ["second", 1]];
+    const [unit, size] = steps.find(([, size]) => Math.abs(seconds) >= size) || ["second", 1];
+    return new Intl.RelativeTimeFormat("en", { numeric: "auto" }).format(Math.round(seconds / size), unit);
+  }
+
+  const DATE_TOKENS = {
+    date_num: (d) => `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`,
+    date: (d) => `${MONTHS[d.getMonth()]} ${ordinal(d.getDate())}, ${d.getFullYear()}`,
+    date_short: (d) => `${MONTHS[d.getMonth()].slice(0, 3)} ${d.getDate()}, ${d.getFullYear()}`,
+    date_long: (d) => `${WEEKDAYS[d.getDay()]}, ${DATE_TOKENS.date(d)}`,
+    date_pretty: (d) => relativeDay(d) || DATE_TOKENS.date(d),
+    date_short_pretty: (d) => relativeDay(d) || DATE_TOKENS.date_short(d),
+    date_long_pretty: (d) => relativeDay(d) || DATE_TOKENS.date_long(d),
+    time: (d) => d.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" }),
+    time_secs: (d) => d.toLocaleTimeString([], { hour: "numeric", minute: "2-digit", second: "2-digit" }),
+    ago,
+  };
+
+  // The date in the reader's time zone as Slack writes it, or null when Slack would show the
+  // fallback (a bad timestamp or an unknown token).
+  function slackDate(seconds, format) {
+    if (!/^-?\d{1,12}$/.test(seconds)) return null;
+    const date = new Date(Number(seconds) * 1000);
+    let unknown = false;
+    const text = String(format || "").replace(/\{(\w+)\}/g, (whole, token) => {
+      const render = DATE_TOKENS[token];
+      if (!render) unknown = true;
+      return render ? render(date) : whole;
+    });
+    if (unknown || !text.trim()) return null;
+    return text.charAt(0).toUpperCase() + text.slice(1); // Slack capitalises the first letter
+  }
+
+  function dateHtml(target, label) {
+    const [, seconds, format, url] = target.split("^");
+    const shown = slackDate(seconds, format);
+    if (shown === null) return esc(label || "");
+    const iso = new Date(Number(seconds) * 1000).toISOString();
+    const html = `<time class="slack-date" datetime="${esc(iso)}" title="${esc(label || iso)}">${esc(shown)}</time>`;
+    return url ? link(url, html) : html;
+  }
+
+  // One piece of Slack's angle-bracket markup (the text between < and >, entities still
+  // escaped) as HTML, or null when it is not markup (then it shows as typed).
+  function reference(body) {
+    const bar = body.indexOf("|");
+    const target = bar < 0 ? body : body.slice(0, bar);
+    const label = bar < 0 ? "" : unslack(body.slice(bar + 1));
+    let m;
+    if ((m = target.match(/^@([UW][A-Z0-9]+)$/))) {
+      return `<span class="mention" data-user="${esc(m[1])}">@${esc(userName(m[1], label))}</span>`;
     }
-    s = s.replace(/\b(?:https?:\/\/)[^\s<>"'`\u0000]+/g, (url) => {
-      const trail = url.match(/[.,;:!?)\]]+$/);
-      const bare = trail ? url.slice(0, -trail[0].length) : url;
-      return keep(link(bare, esc(bare))) + (trail ? trail[0] : "");
+    if ((m = target.match(/^#([CDG][A-Z0-9]+)$/))) {
+      return `<span class="mention channel">#${esc(channelName(m[1], label))}</span>`;
+    }
+    if ((m = target.match(/^!(here|channel|everyone)$/))) {
+      return `<span class="mention broadcast">@${m[1]}</span>`;
+    }
+    if ((m = target.match(/^!subteam\^([A-Z0-9]+)$/))) {
+      return `<span class="mention">@${esc((label || m[1]).replace(/^@/, ""))}</span>`;
+    }
+    if (target.startsWith("!date^")) return dateHtml(target, label);
+    if (target.startsWith("!")) return label ? esc(label) : null;
+    if (/^(https?:\/\/|mailto:)/i.test(target)) {
+      const url = unslack(target);
+      return link(url, esc(label || url));
+    }
+    return null;
+  }
+
+  // Replace the markup in `text` by slots that `keep` fills with its HTML.
+  const refsIn = (text, keep) =>
+    text.replace(/<([^<>\n]+)>/g, (whole, body) => {
+      const html = reference(body);
+      return html === null ? whole : keep(html);
     });
 
-    s = esc(s);
-    s = s
-      .replace(/\*\*(?=\S)(.+?)(?<=\S)\*\*/g, "<strong>$1</strong>")
-      .replace(/(^|[^\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])/g, "$1<strong>$2</strong>")
-      .replace(/(^|[^\w])__(?=\S)(.+?)(?<=\S)__(?!\w)/g, "$1<strong>$2</strong>")
-      .replace(/(^|[^\w])_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)/g, "$1<em>$2</em>")
-      .replace(/(^|[^\w~])~~?(?=[^\s~])(.+?)(?<=[^\s~])~~?(?![\w~])/g, "$1<del>$2</del>");
-    return s.replace(/\u0000(\d+)\u0000/g, (_, i) => slots[Number(i)]);
+  function withSlots(raw, build) {
+    const slots = [];
+    const keep = (html) => `\u0000${slots.push(html) - 1}\u0000`;
+    // A slot may hold others (a mention in a code span): fill them too.
+    const fill = (html) => html.replace(/\u0000(\d+)\u0000/g, (_, i) => fill(slots[Number(i)]));
+    return fill(build(String(raw).replace(/\u0000/g, ""), keep));
+  }
+
+  // Code as Slack shows it: markup resolved (mentions, links, dates), entities as characters,
+  // no other formatting.
+  const codeHtml = (raw) => withSlots(raw, (s, keep) => esc(unslack(refsIn(s, keep))));
+
+  // One line of inline formatting. `slack`: Slack mrkdwn (no Markdown [label](url) links).
+  // Markup is read before entities are turned back into characters, so that escaped text
+  // such as &lt;!here&gt; shows as typed and never becomes a mention.
+  function inline(raw, { slack = false } = {}) {
+    return withSlots(raw, (text, keep) => {
+      let s = refsIn(text, keep);
+      s = s.replace(/`([^`\n]+)`/g, (_, code) => keep(`<code>${esc(unslack(code))}</code>`));
+      s = unslack(s);
+      if (!slack) {
+        s = s.replace(/\[([^\]\n]+)\]\(((?:https?:\/\/|mailto:)[^)\s]+)\)/g, (_, label, url) => keep(link(url, esc(label))));
+      }
+      s = s.replace(/\b(?:https?:\/\/)[^\s<>"'`\u0000]+/g, (url) => {
+        const trail = url.match(/[.,;:!?)\]]+$/);
+        const bare = trail ? url.slice(0, -trail[0].length) : url;
+        return keep(link(bare, esc(bare))) + (trail ? trail[0] : "");
+      });
+      return esc(s)
+        .replace(/\*\*(?=\S)(.+?)(?<=\S)\*\*/g, "<strong>$1</strong>")
+        .replace(/(^|[^\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])/g, "$1<strong>$2</strong>")
+        .replace(/(^|[^\w])__(?=\S)(.+?)(?<=\S)__(?!\w)/g, "$1<strong>$2</strong>")
+        .replace(/(^|[^\w])_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)/g, "$1<em>$2</em>")
+        .replace(/(^|[^\w~])~~?(?=[^\s~])(.+?)(?<=[^\s~])~~?(?![\w~])/g, "$1<del>$2</del>");
+    });
   }
 
   const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)\s*$/;
@@ -232,7 +398,7 @@
         for (i++; i < lines.length && !lines[i].trim().startsWith(fence); i++) body.push(lines[i]);
         i++; // the closing fence; a fence still open (mid-stream) runs to the end
         const lang = m[2] ? ` data-lang="${esc(m[2])}"` : "";
-        out.push(`<pre class="code"${lang}><code>${esc(body.join("\n"))}</code></pre>`);
+        out.push(`<pre class="code"${lang}><code>${esc(unslack(body.join("\n")))}</code></pre>`);
       } else if (!line.trim()) {
         i++;
       } else if ((m = line.match(HEADING))) {
@@ -318,7 +484,7 @@
     const parts = String(src).split("```");
     return parts
       .map((part, index) => {
-        if (index % 2 === 1) return `<pre class="code"><code>${esc(unslack(part.replace(/^\n/, "")))}</code></pre>`;
+        if (index % 2 === 1) return `<pre class="code"><code>${codeHtml(part.replace(/^\n/, ""))}</code></pre>`;
         const lines = (index > 0 ? part.replace(/^\n/, "") : part).split("\n");
         const out = [];
         let quote = [];
@@ -360,16 +526,61 @@
     return date.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" });
   }
 
-  function isLive(message) {
-    return (message.blocks || []).some(
-      (b) => b && b.type === "actions" && (b.elements || []).some((e) => e && e.action_id === "stop_run"),
-    );
+  const STOP_ACTION = "stop_run";
+  const STOP_PENDING_MS = 60_000; // a stop the bot never confirms stops showing after this
+
+  // The Stop buttons of a message (a live run has one; its value is the run's id).
+  const stopButtons = (message) =>
+    (message.blocks || [])
+      .filter((b) => b && b.type === "actions")
+      .flatMap((b) => (b.elements || []).filter((e) => e && e.action_id === STOP_ACTION));
+
+  const isLive = (message) => stopButtons(message).length > 0;
+
+  function stopRequested(runId) {
+    const at = store.stopping.get(runId);
+    if (at === undefined) return false;
+    if (Date.now() - at < STOP_PENDING_MS) return true;
+    store.stopping.delete(runId);
+    return false;
+  }
+
+  // Stop was pressed here for this live message: it shows "Stopping…" until the bot's own
+  // edit ends it (the bot's edits wait for their turn in Slack's budget, one per message).
+  const isStopping = (message) => stopButtons(message).some((b) => stopRequested(b.value));
+
+  // Stop on a message stops its run; on a thread's parent (a team, a pipeline, a comparison)
+  // it stops every part, so the live replies show it too.
+  function markStopping(channel, ts, runId) {
+    const ids = [runId];
+    const message = store.messages.get(`${channel}/${ts}`);
+    if (message && !message.thread_ts) {
+      for (const reply of store.messages.values()) {
+        if (reply.channel === channel && reply.thread_ts === ts) ids.push(...stopButtons(reply).map((b) => b.value));
+      }
+    }
+    const at = Date.now();
+    ids.forEach((id) => store.stopping.set(id, at));
+    store.stopVersion += 1;
+    scheduleRender();
+    return ids;
+  }
+
+  function unmarkStopping(ids) {
+    ids.forEach((id) => store.stopping.delete(id));
+    store.stopVersion += 1;
+    scheduleRender();
   }
 
   function button(element, message) {
     const node = el("button", `block-button ${element.style === "danger" ? "danger" : element.style === "primary" ? "primary" : ""}`.trim());
     node.type = "button";
     node.textContent = (element.text && element.text.text) || "Button";
+    if (element.action_id === STOP_ACTION && stopRequested(element.value)) {
+      node.textContent = "Stopping…";
+      node.disabled = true;
+      node.classList.add("pending");
+    }
     node.dataset.actionId = element.action_id || "";
     node.dataset.value = element.value || "";
     node.dataset.ts = message.ts;
@@ -419,7 +630,11 @@
           break;
         case "section":
           node = el("div", "block section");
-          if (block.text) node.innerHTML = textObject(block.text);
+          if (block.text) {
+            const text = el("div", "section-text");
+            text.innerHTML = textObject(block.text);
+            node.append(text);
+          }
           if (Array.isArray(block.fields)) {
             const fields = el("div", "fields");
             for (const f of block.fields) {
@@ -429,7 +644,10 @@
             }
             node.append(fields);
           }
-          if (block.accessory && block.accessory.type === "button") node.append(button(block.accessory, message));
+          if (block.accessory && block.accessory.type === "button") {
+            node.classList.add("has-accessory"); // Slack puts the accessory on the right
+            node.append(button(block.accessory, message));
+          }
           break;
         case "context":
           node = el("div", "block context");
@@ -473,7 +691,10 @@
     const classes = ["message"];
     if (isBot) classes.push("from-bot");
     if (message.ephemeral_for) classes.push("ephemeral");
-    if (message.streaming || isLive(message)) classes.push("live");
+    const live = message.streaming || isLive(message);
+    const stopping = isStopping(message);
+    if (live) classes.push("live");
+    if (stopping) classes.push("stopping");
     node.removeAttribute("data-replies");
     if (inThread && message.ts === store.openThread) {
       classes.push("thread-parent");
@@ -511,6 +732,8 @@
     if (taskList) content.append(taskList);
     content.append(blocks(message));
     body.append(content);
+    if (stopping) showStopping(content);
+    else if (live) startTicker(content, message);
 
     if (!inThread && !message.thread_ts && message.reply_count > 0) {
       const replies = el("button", "replies");
@@ -533,6 +756,53 @@
       tools.append(reply);
       node.append(tools);
     }
+  }
+
+  // ---- live footers -----------------------------------------------------------------------
+  // The bot edits a live message only when Slack's budget gives it a turn, so its footer's
+  // elapsed time ("· 12 s") would stand still between edits. The page keeps it moving: from
+  // the footer's own figure and the time of the edit (`updated_at`), or for a run still
+  // thinking or queued, from the time the message was posted. No Slack call is spent on it.
+
+  const LIVE_STATUS = /^(⏳|✍️)/u;
+  const ELAPSED = /^(.*?)(\d+) s$/s;
+  const shownElapsed = new Map(); // message key -> seconds shown last (never goes back)
+
+  const liveFooter = (content) =>
+    [...content.querySelectorAll(":scope > .block.context")].filter((n) => LIVE_STATUS.test(n.textContent.trim())).pop();
+
+  function startTicker(content, message) {
+    const footer = liveFooter(content);
+    if (!footer) return;
+    const text = footer.textContent.trim();
+    const found = text.match(ELAPSED);
+    footer.classList.add("ticking");
+    footer.dataset.key = keyOf(message);
+    footer.dataset.prefix = found ? found[1] : `${text} · `;
+    footer.dataset.base = found ? found[2] : "0";
+    footer.dataset.from = String(found ? message.updated_at || Date.now() / 1000 : Number(message.ts));
+    footer.title = "Time since the run started, counted by this page between the bot's edits";
+    tick(footer);
+  }
+
+  function tick(footer) {
+    const since = Math.max(0, Date.now() / 1000 - Number(footer.dataset.from));
+    const seconds = Math.max(Math.floor(Number(footer.dataset.base) + since), shownElapsed.get(footer.dataset.key) || 0);
+    shownElapsed.set(footer.dataset.key, seconds);
+    const target = footer.querySelector(".context-item") || footer;
+    target.textContent = `${footer.dataset.prefix}${seconds} s`;
+  }
+
+  function showStopping(content) {
+    let footer = liveFooter(content);
+    if (!footer) {
+      footer = el("div", "block context");
+      footer.append(el("span", "context-item"));
+      const actions = content.querySelector(":scope > .block.actions");
+      content.insertBefore(footer, actions);
+    }
+    footer.classList.add("stopping-note");
+    (footer.querySelector(".context-item") || footer).textContent = "⏹️ Stopping…";
   }
 
   const byTs = (a, b) => {
@@ -579,7 +849,7 @@
           entry = { node: el("div"), version: -1 };
           this.nodes.set(key, entry);
         }
-        const version = `${message._v}|${store.openThread}|${store.info.users ? Object.keys(store.info.users).length : 0}`;
+        const version = `${message._v}|${store.openThread}|${Object.keys(store.info.users || {}).length}|${store.stopVersion}`;
         if (entry.version !== version) {
           fillMessage(entry.node, message, this.options);
           entry.version = version;
@@ -603,7 +873,7 @@
   const channelView = new MessageView(
     $("#channel-scroll"),
     $("#channel-messages"),
-    () => [...store.messages.values()].filter((m) => m.channel === store.info.channel.id && !m.thread_ts && visibleTo(m)),
+    () => [...store.messages.values()].filter((m) => m.channel === conversation().id && !m.thread_ts && visibleTo(m)),
     { inThread: false },
   );
 
@@ -614,7 +884,7 @@
       const ts = store.openThread;
       if (!ts) return [];
       return [...store.messages.values()].filter(
-        (m) => m.channel === store.info.channel.id && (m.ts === ts || m.thread_ts === ts) && visibleTo(m),
+        (m) => m.channel === conversation().id && (m.ts === ts || m.thread_ts === ts) && visibleTo(m),
       );
     },
     { inThread: true },
@@ -685,7 +955,8 @@
   function renderCalls() {
     const calls = [...store.calls.values()].sort((a, b) => a.at - b.at);
     const list = $("#calls");
-    const first = calls.length ? calls[0].at : 0;
+    // Times are the emulator's clock when Slack received the call, from the playground's start.
+    const origin = store.origin ?? (calls.length ? calls[0].at : 0);
     const errors = calls.filter((c) => !c.ok && c.status !== 429).length;
     const limited = calls.filter((c) => c.status === 429).length;
     $("#call-count").textContent = String(calls.length);
@@ -700,9 +971,10 @@
       const [kind, label] = outcome(call);
       const row = el("li", `call ${kind}`);
       const previous = shown[index + 1];
-      const at = Math.round((call.at - first) * 1000);
-      const when = el("span", "call-time", `${at.toLocaleString()} ms`);
-      when.title = previous ? `+${Math.round((call.at - previous.at) * 1000).toLocaleString()} ms after the previous call` : "the first call";
+      const at = Math.max(0, call.at - origin);
+      const when = el("span", "call-time", `${at.toFixed(3)} s`);
+      const gap = previous ? `, ${Math.round((call.at - previous.at) * 1000).toLocaleString()} ms after the previous call` : "";
+      when.title = `Received ${at.toFixed(3)} s after the playground started${gap}`;
       const method = el("span", "call-method", call.method);
       const result = el("span", `call-outcome ${kind}`, label);
       const args = el("span", "call-args", argsSummary(call));
@@ -735,7 +1007,7 @@
     // A message only this page shows (the server could not be reached, for instance).
     const now = Date.now();
     const message = {
-      channel: store.info.channel.id,
+      channel: conversation().id,
       ts: `${Math.floor(now / 1000)}.${String((now % 1000) * 1000 + (store.localSeq++ % 1000)).padStart(6, "0")}`,
       user: store.info.bot.id,
       bot_id: "local",
@@ -753,7 +1025,7 @@
 
   async function send(text, threadTs) {
     try {
-      await postJson("/playground/send", { text, channel: store.info.channel.id, thread_ts: threadTs || undefined });
+      await postJson("/playground/send", { text, channel: conversation().id, thread_ts: threadTs || undefined });
     } catch (error) {
       localNotice(`⚠️ Could not send that: ${error.message}`, threadTs);
     }
@@ -818,17 +1090,22 @@
   }
 
   async function clickButton(node) {
+    const { actionId, value, ts, channel } = node.dataset;
     node.disabled = true;
     node.classList.add("pending");
+    // Shown at once, as the click is sent: the bot's edits follow in their turn.
+    const stopping = actionId === STOP_ACTION ? markStopping(channel, ts, value) : [];
     try {
-      await postJson("/playground/action", {
-        action_id: node.dataset.actionId,
-        value: node.dataset.value,
-        message_ts: node.dataset.ts,
-        channel: node.dataset.channel,
-      });
+      const answer = await postJson("/playground/action", { action_id: actionId, value, message_ts: ts, channel });
+      if (answer && answer.status !== 200) unmarkStopping(stopping);
+      if (!stopping.length) {
+        // As in Slack, a button is ready again once the app has answered the click.
+        node.disabled = false;
+        node.classList.remove("pending");
+      }
     } catch (error) {
       localNotice(`⚠️ The button did not work: ${error.message}`);
+      unmarkStopping(stopping);
       node.disabled = false;
       node.classList.remove("pending");
     }
@@ -855,6 +1132,14 @@
     $("#channel-messages").addEventListener("click", onMessagesClick);
     $("#thread-messages").addEventListener("click", onMessagesClick);
     $("#close-thread").addEventListener("click", closeThread);
+    for (const link of document.querySelectorAll("[data-conversation]")) {
+      link.addEventListener("click", (e) => {
+        e.preventDefault();
+        switchConversation(link.dataset.conversation);
+      });
+    }
+    window.addEventListener("hashchange", () => switchConversation(location.hash === "#dm" ? "dm" : "channel"));
+    setInterval(() => document.querySelectorAll(".block.context.ticking").forEach(tick), 1000);
     $("#toggle-calls").addEventListener("click", () => {
       const open = $("#app").classList.toggle("calls-open");
       $("#toggle-calls").setAttribute("aria-pressed", String(open));
@@ -869,6 +1154,7 @@
     document.addEventListener("keydown", (e) => {
       if (e.key === "Escape" && store.openThread) closeThread();
     });
+    showConversationChrome();
     loadInfo();
     connect();
     $("#composer-input").focus();
