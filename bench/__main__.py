@@ -10,8 +10,11 @@ with each figure, its target (docs/ARCHITECTURE.md §12) and PASS/MISS:
 - visible lag, token generated → visible in Slack, for one stream (and 10, 50);
 - Slack writes per message, 429s and final-text completeness for 1, 10 and 50 streams;
 - event-loop lag (a 10 ms ticker) and CPU while 200 runs stream at once;
-- the same 10-stream workload through the edit strategies other Slack bots use.
-`--quick` is a smoke run with smaller counts and shorter streams.
+- the same 10-stream workload through the edit strategies other Slack bots use;
+- 100 `/ask` at once in one channel: time against Slack's one post a second per channel,
+  writes per answer, and how many answers showed text before their end.
+`--quick` is a smoke run with smaller counts and shorter streams; `--only one-channel` runs
+only the last phase.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ INTERVAL = 1.0  # the bot's default AGENTBOT_UPDATE_INTERVAL
 ACK_P99 = 0.050
 LAG_SLACK = 0.150
 LOOP_LAG_P99 = 0.100
+CEILING_MARGIN = 0.10  # a burst in one channel ends within 10 % of Slack's post ceiling
+WRITES_PER_ANSWER = 1.3
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,13 @@ class Plan:
     runs: int
     run_seconds: float
     grace: float  # how long a compared strategy may go on after its last token
+    one_channel: int  # answers asked at once in one channel
 
 
 FULL = Plan(acks=100, bursts=3, stream_seconds=12, counts=(1, 10, 50), compare=10, runs=200,
-            run_seconds=15, grace=40)  # fmt: skip
+            run_seconds=15, grace=40, one_channel=100)  # fmt: skip
 QUICK = Plan(acks=20, bursts=1, stream_seconds=4, counts=(1, 5, 10), compare=5, runs=40,
-             run_seconds=5, grace=15)  # fmt: skip
+             run_seconds=5, grace=15, one_channel=20)  # fmt: skip
 
 
 @dataclass
@@ -71,9 +77,14 @@ def model_for(seconds: float, seed: int) -> ScriptedModel:
     return ScriptedModel(tokens=round(seconds * RATE), rate=RATE, seed=seed)
 
 
-async def run(plan: Plan, seed: int) -> list[Row]:
+async def run(plan: Plan, seed: int, *, only: str | None = None) -> list[Row]:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
+        say(f"{plan.one_channel} /ask at once in one channel, streams of {plan.stream_seconds:g} s")
+        model = model_for(plan.stream_seconds, seed)
+        channel = await phases.one_channel(plan.one_channel, model=model, tmp=tmp)
+        if only == "one-channel":
+            return channel_rows(channel)
         say(f"ack latency: {plan.bursts} × {plan.acks} commands at once")
         acks = await phases.ack_latency(plan.acks, bursts=plan.bursts, seed=seed, tmp=tmp)
         streams: dict[int, StreamFigures] = {}
@@ -102,6 +113,40 @@ async def run(plan: Plan, seed: int) -> list[Row]:
         *stream_rows(streams),
         *load_rows(load),
         *strategy_rows(streams[plan.compare], others),
+        *channel_rows(channel),
+    ]
+
+
+def channel_rows(f: phases.ChannelFigures) -> list[Row]:
+    n = f.answers
+    per_answer = f.writes / max(1, n)
+    limit = f.ceiling * (1 + CEILING_MARGIN)
+    posts, updates = f.ratelimited["chat.postMessage"], f.ratelimited["chat.update"]
+    return [
+        Row(
+            f"{n} /ask at once in one channel: last final in Slack",
+            f"{f.seconds:.1f} s after the burst (Slack's ceiling {f.ceiling:.0f} s at 1 post/s)",
+            f"≤ {limit:.0f} s",
+            verdict(f.seconds <= limit),
+        ),
+        Row(
+            f"{n} /ask in one channel: Slack writes per answer",
+            f"{per_answer:.2f} ({f.writes} writes; 429s: {posts} posts, {updates} updates)",
+            f"≤ {WRITES_PER_ANSWER}",
+            verdict(per_answer <= WRITES_PER_ANSWER),
+        ),
+        Row(
+            f"{n} /ask in one channel: failed, complete",
+            f"{f.failed_runs}, {f.complete}/{n}",
+            f"0, {n}/{n}",
+            verdict(f.failed_runs == 0 and f.complete == n),
+        ),
+        Row(
+            f"{n} /ask in one channel: text seen before the final / first text p50, max",
+            f"{f.early_text} of {n}; {s(percentile(f.first_text, 0.5))} / "
+            f"{s(max(f.first_text, default=math.nan))} s; final p50 "
+            f"{s(percentile(f.final, 0.5))} s; {f.place_notices} places told privately",
+        ),
     ]
 
 
@@ -285,6 +330,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     parser.add_argument("--seed", type=int, default=7, help="seed of the token schedules")
+    parser.add_argument("--only", choices=["one-channel"], help="run only this phase")
     args = parser.parse_args()
     errors = ErrorCount()
     logging.getLogger().addHandler(errors)
@@ -292,7 +338,7 @@ def main() -> None:
     models.ALLOW_MODEL_REQUESTS = False  # only the scripted model runs
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
-    rows = asyncio.run(run(plan, args.seed))
+    rows = asyncio.run(run(plan, args.seed, only=args.only))
     title = (
         f"agentbot streaming and load — seed {args.seed}, {RATE:g} tokens/s, "
         f"update interval {INTERVAL:g} s, streams of {plan.stream_seconds:g} s, "

@@ -120,6 +120,7 @@ def synthetic_runs(n: int, *, now: datetime) -> Iterator[dict[str, Any]]:
             "input_tokens": rng.randint(50, 3000),
             "output_tokens": rng.randint(20, 2000),
             "requests": 1,
+            "usage_estimated": False,
             "created_at": at,
             "started_at": at,
             "first_token_at": at + timedelta(milliseconds=min(ms, rng.randint(200, 2000))),
@@ -288,6 +289,11 @@ def cases(store: SqlRunStore, *, now: datetime, dialect: str) -> list[Case]:
         (f"search common ({COMMON_WORD})", lambda i: query(team_id=big, search=COMMON_WORD)),
         (f"search rare ({RARE_WORD})", lambda i: query(team_id=big, search=RARE_WORD)),
         ("search absent word", lambda i: query(team_id=big, search="qqqxyz")),
+        # Accents: SQLite lowers each prompt it checks in Python (agentbot_lower); a search
+        # too short for the index checks every prompt in range, the worst case.
+        ("search accented (café)", lambda i: query(team_id=big, search="café")),
+        ("search short, absent (qz)", lambda i: query(team_id=big, search="qz")),
+        ("search short accented (é)", lambda i: query(team_id=big, search="é")),
         (
             "search + user",
             lambda i: query(team_id=big, user_id=users[i % len(users)], search=COMMON_WORD),

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import load
 from bench.ask import SECRET, start
-from bench.streams import LoopLag, ScriptedModel, StreamFigures, analyse
+from bench.streams import (
+    TOKEN,
+    LoopLag,
+    ScriptedModel,
+    StreamFigures,
+    analyse,
+    final_text,
+    visible_text,
+)
 from bot.models import RunQuery, RunStatus
 from bot.playground.emulator import SlackEmulator
 from bot.playground.state import Limit
@@ -225,4 +235,109 @@ async def many_runs(runs: int, *, model: ScriptedModel, tmp: Path) -> LoadFigure
         posted=[posts[name] - sent for name in names if name in posts],
         failed_runs=failed,
         figures=analyse(emulator, model, names, interval=interval),
+    )
+
+
+@dataclass
+class ChannelFigures:
+    """A burst of answers in one channel, read from the emulator's calls."""
+
+    answers: int
+    seconds: float  # from the burst to the last answer's final write in Slack
+    ceiling: float  # the answers' first posts at Slack's one a second per channel
+    writes: int  # chat.postMessage and chat.update calls in the channel, 429s included
+    ratelimited: dict[str, int]  # 429s by method
+    complete: int  # answers whose message, once finished, shows the whole text
+    early_text: int  # answers that showed some of their text before their final write
+    first_text: list[float]  # per answer: seconds from the burst to its first text in Slack
+    final: list[float]  # per answer: seconds from the burst to its final write
+    failed_runs: int
+    place_notices: int  # ephemeral "your place in line" answers through response_url
+
+
+BUSY_CHANNEL = "CBUSY"
+_KEY = re.compile(r"\bA\d{3}\b")
+
+
+async def one_channel(count: int, *, model: ScriptedModel, tmp: Path) -> ChannelFigures:
+    """`count` `/ask` at once in one channel of one workspace, each by another user, at the
+    default settings (50 runs at once, the rest wait in line) with Slack's limits enforced.
+    Slack's ceiling is one post a second in a channel: `count` answers need ~`count` s."""
+    emulator = await emulator_for()
+    service = await start(emulator, tmp / "one-channel.db", model.model)
+    keys = [f"A{i:03}" for i in range(count)]
+    try:
+        await warm_up(emulator, service)
+        sent = time.monotonic()
+        await asyncio.gather(
+            *(
+                emulator.send_slash_command(
+                    url_of(service),
+                    "/ask",
+                    f"stream {key}",
+                    channel_id=BUSY_CHANNEL,
+                    user_id=f"U{i:05}",
+                )
+                for i, key in enumerate(keys)
+            )
+        )
+        await finish_work(service, count * 3 + 120)
+        runs = await service.parts.store.query(RunQuery(limit=count + 10))
+    finally:
+        await service.stop(grace=5)
+        await emulator.close()
+    failed = count - sum(1 for r in runs if r.status is RunStatus.SUCCEEDED)
+    return read_channel(emulator, model, keys, sent=sent, failed_runs=failed)
+
+
+def read_channel(
+    emulator: SlackEmulator, model: ScriptedModel, keys: list[str], *, sent: float, failed_runs: int
+) -> ChannelFigures:
+    """Attribute every write in `BUSY_CHANNEL` to its answer (by the key in its prompt)."""
+    key_of_ts: dict[str, str] = {}
+    for message in emulator.messages(BUSY_CHANNEL):
+        found = _KEY.search(str(message.blocks) + message.text)
+        if found:
+            key_of_ts[message.ts] = found.group()
+    calls = sorted(
+        (
+            c
+            for c in emulator.calls
+            if c.method in ("chat.postMessage", "chat.update")
+            and c.args.get("channel") == BUSY_CHANNEL
+        ),
+        key=lambda c: c.at,
+    )
+    shown: dict[str, list[tuple[float, bool]]] = {key: [] for key in keys}  # (at, has text)
+    for call in calls:
+        if call.status != 200 or not call.ok or call.args.get("thread_ts"):
+            continue
+        if call.method == "chat.update":
+            key = key_of_ts.get(str(call.args.get("ts")))
+        else:
+            found = _KEY.search(str(call.args.get("blocks")) + str(call.args.get("text")))
+            key = found.group() if found else None
+        if key in shown:
+            shown[key].append((call.at, bool(TOKEN.search(visible_text(call.args)))))
+    expected = model.text().strip()
+    complete = 0
+    for message in emulator.messages(BUSY_CHANNEL):
+        text = final_text(emulator, message)
+        complete += text is not None and text.strip() == expected
+    writes = [w for w in shown.values() if w]
+    return ChannelFigures(
+        answers=len(keys),
+        seconds=max((w[-1][0] for w in writes), default=math.nan) - sent,
+        ceiling=float(len(keys)),
+        writes=len(calls),
+        ratelimited={
+            m: sum(1 for c in calls if c.status == 429 and c.method == m)
+            for m in ("chat.postMessage", "chat.update")
+        },
+        complete=complete,
+        early_text=sum(1 for w in writes if any(has for _, has in w[:-1])),
+        first_text=[next((at for at, has in w if has), w[-1][0]) - sent for w in writes],
+        final=[w[-1][0] - sent for w in writes],
+        failed_runs=failed_runs,
+        place_notices=sum(1 for r in emulator.responses if "line" in str(r.get("text"))),
     )

@@ -74,15 +74,20 @@ class MemoryRunStore:
         return [_copy(run, with_messages=False) for run in found[:limit]]
 
     async def mark_interrupted(
-        self, reason: str, *, stale_before: datetime | None = None
+        self,
+        reason: str,
+        *,
+        stale_before: datetime | None = None,
+        carried: Collection[str] = (),
     ) -> list[RunRecord]:
         """Mark every `queued`/`running` run `interrupted` with `reason`; return them, oldest
-        first. With `stale_before`, skip runs created or with a lease renewed at or after it."""
+        first. With `stale_before`, skip runs created or with a lease renewed at or after it;
+        never take runs in `carried`."""
         now = utcnow()
         cutoff = _utc(stale_before)
         marked: list[RunRecord] = []
         for run in sorted(self._runs.values(), key=lambda run: (run.created_at, run.id)):
-            if run.status not in UNFINISHED:
+            if run.status not in UNFINISHED or run.id in carried:
                 continue
             if cutoff is not None and self._held(run, cutoff):
                 continue
@@ -140,7 +145,8 @@ class MemoryRunStore:
         runs = [
             run
             for run in self._runs.values()
-            if (query.team_id is None or run.team_id == query.team_id)
+            if run.parent_id is None  # requests: a team and its children count once
+            and (query.team_id is None or run.team_id == query.team_id)
             and (since is None or run.created_at >= since)
             and (until is None or run.created_at < until)
         ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -48,6 +50,26 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60),
             registry=self.registry,
         )
+        self.slack_gave_up = Counter(
+            "agentbot_slack_gave_up",
+            "Slack writes given up for good (a live message's edits or a post), by method and "
+            "reason (ratelimited, render_failed, Slack's error code, ...).",
+            ["method", "reason"],
+            registry=self.registry,
+        )
+        self.slack_undelivered = Counter(
+            "agentbot_slack_undelivered",
+            "Finished runs whose end was not confirmed in Slack when the sink gave up waiting "
+            "(timeout: it is still queued and may arrive; else the reason it never will).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.event_loop_lag = Gauge(
+            "agentbot_event_loop_lag_seconds",
+            "How late the event loop last ran a callback scheduled for a given time "
+            "(sampled about twice a second): the delay every request and message then sees.",
+            registry=self.registry,
+        )
         self.runs_waiting = Gauge(
             "agentbot_runs_waiting",
             "Runs waiting in line for a free place (AGENTBOT_MAX_CONCURRENT_RUNS).",
@@ -61,3 +83,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+LOOP_LAG_PERIOD = 0.5
+
+
+async def watch_loop_lag(metrics: Metrics, *, period: float = LOOP_LAG_PERIOD) -> None:
+    """Until cancelled: every `period` seconds, set `event_loop_lag` to how late the loop
+    woke this task compared with when it asked to be woken."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        metrics.event_loop_lag.set(max(0.0, loop.time() - due))

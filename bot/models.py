@@ -73,6 +73,9 @@ class RunRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     requests: int = 0
+    # True when the tokens are estimated from the text (a run stopped mid-stream, for which
+    # the provider reported no usage), not reported by the provider.
+    usage_estimated: bool = False
     created_at: datetime = field(default_factory=utcnow)
     started_at: datetime | None = None
     first_token_at: datetime | None = None

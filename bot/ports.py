@@ -35,10 +35,12 @@ class Sink(Protocol):
         ...
 
     async def start(self, run: RunRecord) -> None:
-        """Show that the run has begun; may set `run.message_ts`/`run.thread_ts`.
+        """Show that the run has begun; may set `run.message_ts`/`run.thread_ts`, now or
+        later: a busy channel's first post waits for its turn while the run goes on.
 
         Raises `InputError` when the run cannot be shown at all (for example a channel the bot
-        is not in); the user has then been told why.
+        is not in); the user has then been told why. When that is learnt only later, the
+        error is raised from the next `progress` or from `finish`.
         """
         ...
 
@@ -47,7 +49,8 @@ class Sink(Protocol):
         ...
 
     def progress(self, text: str, progress: Progress) -> None:
-        """The text so far. Cheap and never blocks: the sink decides when to show it."""
+        """The text so far. Cheap and never blocks: the sink decides when to show it.
+        Raises a late refusal of `start` (once), which ends the run failed."""
         ...
 
     async def finish(self, run: RunRecord) -> None:
@@ -110,7 +113,11 @@ class RunStore(Protocol):
         ...
 
     async def mark_interrupted(
-        self, reason: str, *, stale_before: datetime | None = None
+        self,
+        reason: str,
+        *,
+        stale_before: datetime | None = None,
+        carried: Collection[str] = (),
     ) -> list[RunRecord]:
         """Mark every run still `running` or `queued` as `interrupted`; return them, oldest
         first. Atomic: of processes asking at once, each run is returned to one.
@@ -119,6 +126,9 @@ class RunStore(Protocol):
         its lease was renewed (`renew_leases`) at or after `stale_before`, or when it was
         created at or after it (a run's lease starts with its creation, before its process
         first renews it).
+
+        Runs in `carried` are never taken: the asking process carries them out itself (live,
+        or ended with the final record not saved yet), whatever their lease says.
         """
         ...
 

@@ -34,6 +34,9 @@ _USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]+$")
 _FILTER = re.compile(r"^([A-Za-z]+):(.*)$", re.DOTALL)
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# A NUL, or half of a UTF-16 pair (JSON's "\ud800", or a byte that is not UTF-8 in argv):
+# no database can bind it, and no stored prompt holds one.
+_UNBINDABLE = re.compile(r"[\x00\ud800-\udfff]")
 _E = TypeVar("_E", RunStatus, RunKind)
 
 
@@ -176,8 +179,9 @@ def _list(tokens: list[_Token], *, now: datetime, max_limit: int) -> ListRuns:
         described.append(f"since {values['since']}")
     if "limit" in values:
         fields["limit"] = _limit(values["limit"], max_limit)
-    if words:
-        fields["search"] = search = " ".join(words)
+    search = clean_words(" ".join(words))
+    if search:
+        fields["search"] = search
         described.append(f"prompt contains “{search}”")
     return ListRuns(query=RunQuery(**fields), described=tuple(described))  # type: ignore[arg-type]
 
@@ -244,6 +248,11 @@ def _limit(value: str, max_limit: int) -> int:
     if value.isdigit() and 1 <= int(value) <= max_limit:
         return int(value)
     raise InputError(f"`limit:` must be a number from 1 to {max_limit}.")
+
+
+def clean_words(text: str) -> str:
+    """Search words without the characters a database cannot bind (NUL, lone surrogates)."""
+    return _UNBINDABLE.sub("", text)
 
 
 def unescape(text: str) -> str:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import textwrap
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any, TextIO
 
 from bot.models import RECORD_FIELDS, RunRecord, RunStats
 from bot.query import bucketed, daily_series, duration, share, sparkline
+from bot.text import one_line
 
 TABLE_COLUMNS = (
     "created_at",
@@ -74,6 +76,44 @@ def tool_calls_text(runs: Iterable[RunRecord]) -> str:
     return "\ntool calls:\n" + "\n".join(lines) + "\n" if lines else ""
 
 
+LONG_FIELDS = ("prompt", "output", "error")
+
+
+def run_text(run: RunRecord, children: Sequence[RunRecord]) -> str:
+    """`history show` for a terminal: the run in full (every field of the record set, the
+    prompt, output and error uncut, its tool calls), then each child the same way."""
+    parts = [_one_run(run, heading=f"run {run.id}")]
+    for number, child in enumerate(children, 1):
+        parts.append(_one_run(child, heading=f"part {number} of {len(children)}: run {child.id}"))
+    return "\n".join(parts)
+
+
+def _one_run(run: RunRecord, *, heading: str) -> str:
+    fields = {
+        name: value
+        for name, value in run.to_dict().items()
+        if name not in LONG_FIELDS and name != "id" and value not in (None, "")
+    }
+    width = max(map(len, fields), default=0)
+    lines = [_terminal(heading)]
+    lines += [f"  {name.ljust(width)}  {_terminal(one_line(str(v)))}" for name, v in fields.items()]
+    for name in LONG_FIELDS:
+        text = getattr(run, name)
+        if text:
+            lines += ["", f"  {name}:", textwrap.indent(_terminal(text), "    ")]
+    calls = textwrap.indent(_terminal(tool_calls_text([run])), "  ")
+    return "\n".join(lines) + "\n" + calls
+
+
+def _terminal(text: str) -> str:
+    """`text` safe to print on a terminal: control characters (an escape sequence in a
+    model's output could rewrite the screen) are shown as `\\x1b`, new lines and tabs kept."""
+    return "".join(
+        f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" and c not in "\n\t" else c
+        for c in text
+    )
+
+
 def _indent(text: str) -> str:
     return textwrap.indent(text, "  ")
 
@@ -91,7 +131,7 @@ def print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
 
 
 def _cell(value: object, limit: int = 60) -> str:
-    text = "" if value is None else " ".join(str(value).split())
+    text = "" if value is None else _terminal(one_line(str(value)))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

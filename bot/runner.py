@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import json
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,16 +24,19 @@ from pydantic_ai.exceptions import (
     UsageLimitExceeded,
     UserError,
 )
-from pydantic_ai.messages import ModelMessage
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
+from pydantic_core import PydanticSerializationError
 
 from bot.activity import ToolActivity, ToolCallRecord, text_delta
 from bot.errors import BotError
 from bot.fetch import FetchPolicy
 from bot.limits import Admission
+from bot.live import LiveRun, LiveRuns
 from bot.metrics import Metrics
 from bot.models import Progress, RunRecord, RunStatus, utcnow
 from bot.ports import RunStore, Sink
-from bot.text import preview
+from bot.saving import Checkpoints, FinalRecords
+from bot.text import clean_strings, clean_text, preview
 from bot.tools import ThreadReader, ToolDeps, ToolLimits
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,10 @@ TRANSIENT_ERRORS = (
     ModelServerError,
     ModelConnectionError,
 )
+# Seconds a run waits for its final record's first save before delivering its end anyway
+# (the save goes on being retried): a database outage delays the answer a little, never
+# loses it. SQLite's busy timeout is as long, so a lock shorter than that still saves first.
+FINAL_SAVE_WAIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -65,92 +71,6 @@ class RunPolicy:
         return random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
 
 
-@dataclass
-class LiveRun:
-    run: RunRecord
-    task: asyncio.Task[Any]
-    stop_reason: tuple[RunStatus, str] | None = None
-
-    def absorb_stop(self) -> None:
-        """After catching the CancelledError of `LiveRuns.stop`: take the stop's status and
-        reason and let the task go on to record and show them."""
-        assert self.stop_reason is not None
-        self.task.uncancel()
-        self.run.status, self.run.error = self.stop_reason
-
-
-@dataclass
-class LiveRuns:
-    """The runs in progress, so that Stop and shutdown can reach them."""
-
-    _runs: dict[str, LiveRun] = field(default_factory=dict)
-    _busy: asyncio.Event = field(default_factory=asyncio.Event)  # set while a run is live
-    _closed: tuple[RunStatus, str] | None = None  # set by `stop_all`: later runs end at once
-
-    def __len__(self) -> int:
-        return len(self._runs)
-
-    def get(self, run_id: str) -> RunRecord | None:
-        live = self._runs.get(run_id)
-        return live.run if live else None
-
-    def ids(self) -> list[str]:
-        """The ids of the runs in progress."""
-        return list(self._runs)
-
-    def stoppable(self) -> list[str]:
-        """The ids of the live runs that no stop has reached yet."""
-        return [run_id for run_id, live in self._runs.items() if live.stop_reason is None]
-
-    async def wait_busy(self) -> None:
-        """Return once at least one run is live (at once if one is)."""
-        await self._busy.wait()
-
-    @contextmanager
-    def track(self, run: RunRecord) -> Iterator[LiveRun]:
-        """Make `run`, carried out by the current task, reachable by `stop` while inside."""
-        task = asyncio.current_task()
-        assert task is not None, "runs are carried out inside tasks"
-        live = LiveRun(run=run, task=task)
-        self._runs[run.id] = live
-        self._busy.set()
-        if self._closed is not None:  # started after shutdown interrupted the rest
-            live.stop_reason = self._closed
-            task.cancel()
-        try:
-            yield live
-        finally:
-            del self._runs[run.id]
-            if not self._runs:
-                self._busy.clear()
-
-    def stop(self, run_id: str, *, status: RunStatus, reason: str) -> bool:
-        """Cancel a live run; it ends with `status` (cancelled or interrupted) and `reason`.
-
-        Returns False when the run is not live (finished, or never started here).
-        """
-        live = self._runs.get(run_id)
-        if live is None or live.task.done():
-            return False
-        if live.stop_reason is None:
-            live.stop_reason = (status, reason)
-            live.task.cancel()
-        return True
-
-    def stop_all(self, *, status: RunStatus, reason: str) -> int:
-        """Stop every live run, and every run that starts from now on (shutdown)."""
-        self._closed = (status, reason)
-        return sum(self.stop(run_id, status=status, reason=reason) for run_id in list(self._runs))
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no run is live, at most `timeout` seconds; True if all finished."""
-        tasks = [live.task for live in self._runs.values()]
-        if not tasks:
-            return True
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        return not pending
-
-
 class Runner:
     """Runs agents and records each run in the store."""
 
@@ -164,12 +84,14 @@ class Runner:
         checkpoint_interval: float = 5.0,
         fetch_policy: FetchPolicy | None = None,
         thread_reader: ThreadReader | None = None,
+        records: FinalRecords | None = None,
     ) -> None:
         """`checkpoint_interval`: how often a streaming run's text so far is saved, so that
-        after a crash the restart can show it."""
+        after a crash the restart can show it. `records` keeps final records until saved."""
         self._store = store
         self._metrics = metrics
         self.live = live
+        self.records = records if records is not None else FinalRecords(store, live)
         self._checkpoint_interval = checkpoint_interval
         self._admission = admission or Admission(capacity=1_000_000)
         self._fetch_policy = fetch_policy or FetchPolicy()
@@ -183,10 +105,13 @@ class Runner:
         sink: Sink,
         policy: RunPolicy,
         history: Sequence[ModelMessage] | None = None,
+        on_settled: Callable[[RunRecord], None] | None = None,
     ) -> RunRecord:
         """Run `agent` on `run.prompt`, streaming into `sink`; returns the finished record.
 
         Never raises for a failed run: the failure is in the record and shown by the sink.
+        Once its outcome is decided (`on_settled` is then called) no Stop changes it; its
+        record is saved before the end is delivered, and kept until the store has it.
         """
         run.status = RunStatus.QUEUED
         if not await self._create(run, sink):
@@ -196,41 +121,69 @@ class Runner:
         checkpoints = Checkpoints(self._store, interval=self._checkpoint_interval)
         try:
             with self.live.track(run) as live:
-                try:
-                    await sink.start(run)
-                    checkpoints.now(run)  # the message's ts, for a restart to find it
-                    async with self._admission.slot(on_position=sink.queued):
-                        run.status = RunStatus.RUNNING
-                        run.started_at = utcnow()
-                        await self._stream_with_retries(
-                            agent, run, sink, policy, history, checkpoints
-                        )
-                    run.status = RunStatus.SUCCEEDED
-                except asyncio.CancelledError:
-                    if live.stop_reason is None:
-                        raise
-                    live.absorb_stop()
-                except BotError as exc:
-                    run.status, run.error = RunStatus.FAILED, str(exc)
-                except (TimeoutError, AgentRunError) as exc:
-                    run.status, run.error = RunStatus.FAILED, describe_failure(exc, policy)
-                except Exception as exc:  # a bug must still leave an honest record and message
-                    if live.stop_reason is not None and live.task.cancelling():
-                        # A stop that landed inside the library can surface as its own error.
-                        live.absorb_stop()
-                    else:
-                        log.exception("run %s crashed", run.id)
-                        crash = f"internal error ({type(exc).__name__})"
-                        run.status, run.error = RunStatus.FAILED, crash
+                shown = await self._carry_out(agent, run, sink, policy, history, checkpoints, live)
                 run.finished_at = utcnow()
                 run.duration_ms = round((time.monotonic() - started) * 1000)
-                await self._deliver(run, sink)
-                await checkpoints.final(run)
+                if on_settled is not None:
+                    on_settled(run)
+                # Saved first: a Slack that is slow, or a shutdown meanwhile, loses nothing.
+                await self.save_final(run, after=checkpoints.settled())
+                await self._deliver(run, sink, started=shown)
+                await self.save_final(run)  # with `slack_writes`, known only now
         finally:
             self._metrics.live_runs.dec()
         self._metrics.runs.labels(run.kind.value, run.status.value).inc()
         self._metrics.run_duration.labels(run.kind.value).observe(run.duration_ms / 1000)
         return run
+
+    async def save_final(self, run: RunRecord, *, after: Awaitable[None] | None = None) -> bool:
+        """Save `run`'s final record (after `after`), and keep saving it until the store has
+        it (`records`); waits for the first try, at most `FINAL_SAVE_WAIT` seconds in all.
+        True if saved now."""
+        return await self.records.save(run, wait=FINAL_SAVE_WAIT, after=after)
+
+    async def _carry_out(
+        self,
+        agent: Agent[ToolDeps, str],
+        run: RunRecord,
+        sink: Sink,
+        policy: RunPolicy,
+        history: Sequence[ModelMessage] | None,
+        checkpoints: Checkpoints,
+        live: LiveRun,
+    ) -> bool:
+        """Show the start, wait for a place, stream; on return `run.status` is final and the
+        run settled. True if the sink started (it must then be told the end)."""
+        started = False
+        try:
+            await sink.start(run)
+            started = True
+            checkpoints.now(run)  # the message's ts, for a restart to find it
+            async with self._admission.slot(on_position=sink.queued):
+                run.status = RunStatus.RUNNING
+                run.started_at = utcnow()
+                checkpoints.now(run)  # recorded running now, not at the first checkpoint
+                await self._stream_with_retries(agent, run, sink, policy, history, checkpoints)
+                live.settle()  # the model is done: the answer stands whatever is clicked now
+                run.status = RunStatus.SUCCEEDED
+        except asyncio.CancelledError:
+            if live.stop_reason is None:
+                raise
+            live.absorb_stop()
+        except BotError as exc:
+            run.status, run.error = RunStatus.FAILED, str(exc)
+        except (TimeoutError, AgentRunError) as exc:
+            run.status, run.error = RunStatus.FAILED, describe_failure(exc, policy)
+        except Exception as exc:  # a bug must still leave an honest record and message
+            if live.stop_reason is not None and live.task.cancelling():
+                # A stop that landed inside the library can surface as its own error.
+                live.absorb_stop()
+            else:
+                log.exception("run %s crashed", run.id)
+                crash = f"internal error ({type(exc).__name__})"
+                run.status, run.error = RunStatus.FAILED, crash
+        live.settle()
+        return started
 
     async def _create(self, run: RunRecord, sink: Sink) -> bool:
         """Record the run before anything is shown; retried while the database is busy.
@@ -252,11 +205,19 @@ class Runner:
             log.exception("run %s: could not say so in Slack either", run.id)
         return False
 
-    async def _deliver(self, run: RunRecord, sink: Sink) -> None:
-        """Let the sink show the end; a Slack outage must not lose the record."""
-        if run.message_ts is not None or run.status is not RunStatus.FAILED or run.output:
+    async def _deliver(self, run: RunRecord, sink: Sink, *, started: bool) -> None:
+        """Let the sink show the end; a Slack outage must not lose the record. A sink that
+        started is always told (its first post may still be on its way)."""
+        if (
+            started
+            or run.message_ts is not None
+            or run.status is not RunStatus.FAILED
+            or run.output
+        ):
             try:
                 await sink.finish(run)
+            except BotError as exc:  # a deferred first post was refused: never shown at all
+                run.status, run.error = RunStatus.FAILED, str(exc)
             except Exception:
                 log.exception("run %s: could not show the final state", run.id)
         run.slack_writes = sink.writes
@@ -304,7 +265,7 @@ class Runner:
             team_id=run.team_id,
             channel_id=run.channel_id,
             thread_ts=run.thread_ts,
-            message_ts=run.message_ts,
+            message_ts=lambda: run.message_ts,  # posted when the channel's turn comes
         )
         try:
             # run_stream_events, not run_stream: text a model writes before a tool call must
@@ -331,7 +292,7 @@ class Runner:
                         if delta:
                             if run.first_token_at is None:
                                 run.first_token_at = utcnow()
-                            run.output += delta
+                            run.output += clean_text(delta)  # shown and stored as is
                         progress = Progress(
                             output_tokens=estimate_tokens(run.output),
                             elapsed_s=loop.time() - started,
@@ -342,9 +303,9 @@ class Runner:
                         checkpoints.maybe(run)
                 finally:
                     with contextlib.suppress(UserError):  # no usage if the run never started
-                        _copy_usage(events.usage, run)
+                        _copy_usage(events.usage, run, history)
                     run.tool_calls = [summary(record) for record in activity.records] or None
-                run.messages_json = events.result.all_messages_json()
+                run.messages_json = messages_json(events.result.all_messages())
         except TimeoutError as exc:
             if total.expired():
                 limit = f"the model did not finish within {policy.total_timeout:g} s"
@@ -353,49 +314,6 @@ class Runner:
             else:
                 raise
             raise RunTimeout(limit) from exc
-
-
-class Checkpoints:
-    """Saves a live run now and then, in the background and best effort: a locked or slow
-    database delays the record, never the answer. The final save waits for any checkpoint
-    still under way (so a stale one cannot overwrite it) and is retried."""
-
-    FINAL_TRIES = 4
-
-    def __init__(self, store: RunStore, *, interval: float) -> None:
-        self._store = store
-        self._interval = interval
-        self._last = time.monotonic()
-        self._pending: asyncio.Task[None] | None = None
-
-    def now(self, run: RunRecord) -> None:
-        if self._pending is None or self._pending.done():
-            self._last = time.monotonic()
-            snapshot = dataclasses.replace(run, messages_json=None)
-            self._pending = asyncio.create_task(self._save(snapshot), name=f"checkpoint-{run.id}")
-
-    def maybe(self, run: RunRecord) -> None:
-        if time.monotonic() - self._last >= self._interval:
-            self.now(run)
-
-    async def final(self, run: RunRecord) -> None:
-        if self._pending is not None:
-            await asyncio.wait([self._pending])
-        for attempt in range(1, self.FINAL_TRIES + 1):
-            try:
-                await self._store.save(run)
-                return
-            except Exception:
-                if attempt == self.FINAL_TRIES:
-                    log.exception("run %s: could not save the final record", run.id)
-                    return
-                await asyncio.sleep(0.5 * 2**attempt)
-
-    async def _save(self, snapshot: RunRecord) -> None:
-        try:
-            await self._store.save(snapshot)
-        except Exception as exc:
-            log.warning("run %s: checkpoint not saved (%s)", snapshot.id, exc)
 
 
 class RunTimeout(TimeoutError):
@@ -431,12 +349,40 @@ def summary(record: ToolCallRecord) -> dict[str, Any]:
     }
 
 
+def messages_json(messages: list[ModelMessage]) -> bytes:
+    """The run's messages as pydantic-ai stores them, with NUL and lone surrogates cleaned
+    out: the model's text is untrusted and no UTF-8 encoder takes a lone surrogate."""
+    try:
+        return ModelMessagesTypeAdapter.dump_json(messages)
+    except PydanticSerializationError:
+        plain = ModelMessagesTypeAdapter.dump_python(messages, mode="json")
+        return json.dumps(clean_strings(plain), ensure_ascii=False).encode()
+
+
 def estimate_tokens(text: str) -> int:
     """A live estimate (about four characters a token) until the provider reports usage."""
     return max(1, round(len(text) / 4)) if text else 0
 
 
-def _copy_usage(usage: object, run: RunRecord) -> None:
+def _copy_usage(usage: object, run: RunRecord, history: Sequence[ModelMessage] | None) -> None:
+    """The usage the provider reported; for text it streamed without reporting any (a run
+    stopped or timed out mid-stream), an estimate, marked as such."""
     run.input_tokens = getattr(usage, "input_tokens", 0) or 0
     run.output_tokens = getattr(usage, "output_tokens", 0) or 0
     run.requests = getattr(usage, "requests", 0) or 0
+    run.usage_estimated = bool(run.output) and not run.output_tokens
+    if run.usage_estimated:
+        run.output_tokens = estimate_tokens(run.output)
+        run.input_tokens = run.input_tokens or estimate_tokens(prompt_text(run.prompt, history))
+        run.requests = max(run.requests, 1)
+
+
+def prompt_text(prompt: str, history: Sequence[ModelMessage] | None) -> str:
+    """The text a request sent: the earlier turns' text parts and the prompt."""
+    texts = [
+        part.content
+        for message in history or ()
+        for part in message.parts
+        if isinstance(getattr(part, "content", None), str)
+    ]
+    return "".join([*texts, prompt])

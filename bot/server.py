@@ -25,7 +25,7 @@ from bot.agents import AgentRegistry, ModelFactory
 from bot.config import AppConfig, Settings
 from bot.limits import Admission, Guard
 from bot.mcp import McpServers
-from bot.metrics import Metrics
+from bot.metrics import Metrics, watch_loop_lag
 from bot.models import RunStatus, utcnow
 from bot.runner import LiveRuns, Runner
 from bot.tasks import BackgroundTasks
@@ -163,6 +163,7 @@ class Service:
         )
         self._polling: asyncio.Task[None] | None = None
         self._recovering_later: asyncio.Task[None] | None = None
+        self._watching_lag: asyncio.Task[None] | None = None
         self.recoveries = 0  # recovery passes made (start-up's included)
         self._recovered = asyncio.Event()
         self.port: int | None = None
@@ -191,6 +192,9 @@ class Service:
 
         Recovery runs now, then every `lease_stale_after` seconds (`recover_later`)."""
         await self.recover()
+        self._watching_lag = asyncio.create_task(
+            watch_loop_lag(self.parts.metrics), name="event-loop-lag"
+        )
         self._web = web.AppRunner(app or self.web_app(), handle_signals=False, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, host, port) if sock is None else web.SockSite(self._web, sock)
@@ -216,11 +220,15 @@ class Service:
         Only runs no process carries out: a live run's process renews its lease every few
         seconds, so a run whose lease (or, before its first renewal, its creation) is older
         than `lease_stale_after` was left by a process that died. Runs live in other
-        processes sharing the database are left alone.
+        processes sharing the database are left alone, and this process's own runs are never
+        taken, whatever their lease says (it may not have been renewed while the database was
+        out of reach).
         """
         stale_before = utcnow() - timedelta(seconds=self._lease_stale_after)
         interrupted = await self.parts.store.mark_interrupted(
-            INTERRUPTED_BY_RESTART, stale_before=stale_before
+            INTERRUPTED_BY_RESTART,
+            stale_before=stale_before,
+            carried=self.parts.runner.live.ids(),
         )
         for run in interrupted:
             if not (run.channel_id and run.message_ts):
@@ -275,9 +283,13 @@ class Service:
             stopped = live.stop_all(status=RunStatus.INTERRUPTED, reason=INTERRUPTED_BY_SHUTDOWN)
             log.info("interrupting %d run(s) still live after %.0f s", stopped, grace)
             await work.wait(FINAL_WRITE_GRACE)
-        if self._polling is not None:
-            self._polling.cancel()
-            await asyncio.wait([self._polling])
+        # Final records the database refused so far get one last try.
+        if lost := await self.parts.runner.records.flush():
+            log.error("%d final record(s) could not be saved before shutdown", lost)
+        for task in (self._polling, self._watching_lag):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         if self._web is not None:
             await self._web.cleanup()
         await self.parts.pacer.close()

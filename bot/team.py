@@ -16,10 +16,11 @@ from bot.agents import AgentRegistry, BuiltAgent
 from bot.board import BoardItem, BoardView, ItemStatus
 from bot.config import PipelineSpec, TeamSpec
 from bot.errors import BotError, ConfigError
+from bot.live import LiveRun, StopReason
 from bot.models import RunKind, RunRecord, RunStatus, utcnow
 from bot.plan import Plan, Subtask, normalise_plan, planner_prompt, subtask_prompt, synthesis_prompt
 from bot.ports import Board, RunStore
-from bot.runner import LiveRun, Runner, RunPolicy
+from bot.runner import Runner, RunPolicy
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class Orchestrator:
                 prompt=synthesis_prompt(parent.prompt, subtasks, results),
                 heading="🧩 *Coordinator* — synthesis",
                 item=view.items[-1],
+                last=True,
             )
             parent.output = synthesis.output
             failed = [r.agent or "?" for r in results if r.status is not RunStatus.SUCCEEDED]
@@ -130,6 +132,7 @@ class Orchestrator:
                     prompt=stage.prompt.format(input=parent.prompt, previous=previous),
                     heading=f"*Stage {number}: {stage.name}* ({stage.agent})",
                     item=item,
+                    last=number == len(stages),
                 )
                 if run.status is not RunStatus.SUCCEEDED:
                     for later in view.items[number:]:
@@ -196,10 +199,12 @@ class Orchestrator:
         await self._store.create(parent)
         crew = Crew(self, parent, board, view)
         with self._runner.live.track(parent) as live:
+            crew.parent_live = live
             try:
                 await board.open(parent, view)
                 await self._store.save(parent)
                 await work(crew)
+                live.settle()  # its outcome is decided: a Stop from now on changes nothing
                 parent.status = RunStatus.SUCCEEDED
             except asyncio.CancelledError:
                 if live.stop_reason is None:
@@ -214,18 +219,20 @@ class Orchestrator:
                     RunStatus.FAILED,
                     f"internal error ({type(exc).__name__})",
                 )
+            live.settle()
             crew.add_usage()
             parent.finished_at = utcnow()
             parent.duration_ms = round((time.monotonic() - started) * 1000)
             view.phase = PHASES[parent.status]
             view.summary = totals_line(parent)
+            await self._runner.save_final(parent)  # saved first, as a run's (`Runner.run`)
             if parent.message_ts is not None:
                 try:
                     await board.close(parent, view)
                 except Exception:
                     log.exception("run %s: could not show the final state", parent.id)
             parent.slack_writes = board.writes
-            await self._store.save(parent)
+            await self._runner.save_final(parent)
         return parent
 
 
@@ -241,7 +248,8 @@ PHASES = {
 
 class Crew:
     """The children of one parent run: started as tasks of their own, so that stopping the
-    parent can stop each child and wait for it to record and show its end."""
+    parent can stop each child and wait for it to record and show its end. Once the parent
+    is stopped no child starts: one whose turn comes later is recorded as stopped."""
 
     def __init__(
         self, orchestrator: Orchestrator, parent: RunRecord, board: Board, view: BoardView
@@ -251,19 +259,39 @@ class Crew:
         self._board = board
         self._view = view
         self._tasks: list[asyncio.Task[RunRecord]] = []
+        self._gathered: list[asyncio.Future[RunRecord]] = []
+        self._stopped: StopReason | None = None
+        self.parent_live: LiveRun | None = None  # set once the parent is tracked
         self.runs: list[RunRecord] = []
 
     async def child(
-        self, built: BuiltAgent, *, kind: RunKind, prompt: str, heading: str, item: BoardItem
+        self,
+        built: BuiltAgent,
+        *,
+        kind: RunKind,
+        prompt: str,
+        heading: str,
+        item: BoardItem,
+        last: bool = False,
     ) -> RunRecord:
-        """Run one child in its own task, keeping its board item current."""
+        """Run one child in its own task, keeping its board item current. `last`: the
+        parent's answer is this child's; once it succeeds the parent is settled too (a Stop
+        then changes neither)."""
         run = self._new_run(kind, prompt, agent=built.name, model=built.model_name)
+        if self._stopped is not None:  # the parent was stopped before this child's turn
+            return await self._never_started(run, item)
         self.runs.append(run)
         item.status = ItemStatus.RUNNING
         self._board.show(self._view)
         runner = self._orchestrator._runner
         task = asyncio.create_task(
-            runner.run(built.agent, run, sink=self._board.reply(heading), policy=policy_for(built)),
+            runner.run(
+                built.agent,
+                run,
+                sink=self._board.reply(heading),
+                policy=policy_for(built),
+                on_settled=self._settle_parent if last else None,
+            ),
             name=f"run-{run.id}",
         )
         self._tasks.append(task)
@@ -273,6 +301,24 @@ class Crew:
         if run.status is not RunStatus.SUCCEEDED and not item.detail:
             item.detail = run.error or ""
         self._board.show(self._view)
+        return run
+
+    def _settle_parent(self, run: RunRecord) -> None:
+        if run.status is RunStatus.SUCCEEDED and self.parent_live is not None:
+            self.parent_live.settle()
+
+    async def _never_started(self, run: RunRecord, item: BoardItem) -> RunRecord:
+        """Record a child that the parent's stop reached before it started."""
+        assert self._stopped is not None
+        run.status, run.error = self._stopped
+        run.finished_at = utcnow()
+        run.duration_ms = 0
+        self.runs.append(run)
+        item.status = ItemStatus.of(run.status)
+        try:
+            await self._orchestrator._store.create(run)
+        except Exception as exc:
+            log.warning("run %s: could not record a child that never started: %s", run.id, exc)
         return run
 
     async def refused(self, *, kind: RunKind, prompt: str, model: str, error: str) -> RunRecord:
@@ -300,16 +346,20 @@ class Crew:
 
     async def gather(self, children: list[Awaitable[RunRecord]]) -> list[RunRecord]:
         tasks = [asyncio.ensure_future(child) for child in children]
+        self._gathered += tasks
         await asyncio.wait(tasks)
         return [task.result() for task in tasks]
 
     async def stop(self, live: LiveRun) -> None:
-        """Stop every child the same way the parent was stopped; wait for them to end."""
-        status, reason = live.stop_reason or (RunStatus.CANCELLED, "stopped")
+        """Stop every child the same way the parent was stopped, those still waiting for
+        their turn too; wait for them all to end."""
+        status, reason = self._stopped = live.stop_reason or (RunStatus.CANCELLED, "stopped")
+        live_runs = self._orchestrator._runner.live
         for run in self.runs:
-            self._orchestrator._runner.live.stop(run.id, status=status, reason=reason)
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+            live_runs.stop_soon(run.id, status=status, reason=reason)  # its task may be starting
+        if self._tasks or self._gathered:
+            await asyncio.wait([*self._tasks, *self._gathered])
+        live_runs.forget_stops(run.id for run in self.runs)
         for item in self._view.items:
             if item.status in (ItemStatus.PLANNED, ItemStatus.RUNNING):
                 item.status = ItemStatus.CANCELLED
@@ -319,6 +369,7 @@ class Crew:
             self._parent.input_tokens += run.input_tokens
             self._parent.output_tokens += run.output_tokens
             self._parent.requests += run.requests
+            self._parent.usage_estimated |= run.usage_estimated
 
 
 def speed_line(run: RunRecord) -> str:
@@ -337,4 +388,5 @@ def speed_line(run: RunRecord) -> str:
 
 def totals_line(run: RunRecord) -> str:
     seconds = (run.duration_ms or 0) / 1000
-    return f"{seconds:.1f} s · {run.input_tokens} in / {run.output_tokens} out tokens"
+    about = "~" if run.usage_estimated else ""  # some child's tokens are estimated
+    return f"{seconds:.1f} s · {about}{run.input_tokens} in / {about}{run.output_tokens} out tokens"

@@ -87,8 +87,9 @@ class ToolDeps:
     team_id: str | None = None
     channel_id: str | None = None
     thread_ts: str | None = None
-    message_ts: str | None = None
-    """The run's own reply, still being written: `read_thread` leaves it out."""
+    message_ts: str | Callable[[], str | None] | None = None
+    """The run's own reply, still being written: `read_thread` leaves it out. A function
+    when the reply is posted after the run starts (a busy channel): asked at each read."""
     resolve: Resolve | None = None
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     """The clock `current_time` reads (tests pass a fixed one)."""
@@ -129,10 +130,11 @@ async def read_thread(ctx: RunContext[ToolDeps]) -> str:
     messages = await deps.thread_reader(
         deps.channel_id, deps.thread_ts, limit=THREAD_MESSAGES, team_id=deps.team_id
     )
+    own = deps.message_ts() if callable(deps.message_ts) else deps.message_ts
     lines = [
         f"{m.author}: {cap(m.text.strip(), MESSAGE_CHARS)}"
         for m in messages
-        if not (deps.message_ts and m.ts == deps.message_ts)
+        if not (own and m.ts == own)
     ]
     kept: list[str] = []
     size = 0

@@ -53,7 +53,9 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
         if not _may_stop(deps, user_id, team_id, run):
             await _tell(respond, _refusal(run))
             return
-        deps.runner.live.stop(run_id, status=RunStatus.CANCELLED, reason=stop_reason(user_id))
+        reason = stop_reason(user_id)
+        if not deps.runner.live.stop(run_id, status=RunStatus.CANCELLED, reason=reason):
+            await _tell(respond, FINISHED)  # it has its outcome, being delivered now
 
 
 async def _stop_elsewhere(deps: BotDeps, run_id: str, user_id: str, team_id: str) -> str:
@@ -144,8 +146,9 @@ class LiveRunsPoller:
                     log.info("run %s: stopped by %s from another process", run_id, user_id)
 
     async def _renew(self) -> None:
-        """Renew the leases of every live run when due, those being stopped included (they
-        may still be writing their end to Slack)."""
+        """Renew the leases of every run this process carries when due: live ones, those
+        being stopped (they may still be writing their end to Slack), and ended ones whose
+        final record is not saved yet."""
         run_ids = self._live.ids()
         now = asyncio.get_running_loop().time()
         due = self._renewed_at is None or now - self._renewed_at >= self._renew_every

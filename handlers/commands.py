@@ -92,7 +92,7 @@ def _work(deps: BotDeps, spec: CommandSpec, run: RunRecord, notify: Notify) -> A
     channel = run.channel_id or ""
     if spec.kind == "ask":
         built = deps.agents.get(spec.agent)
-        sink = SlackEditSink(pacer, channel=channel, notify=notify)
+        sink = SlackEditSink(pacer, channel=channel, notify=notify, tell_place=notify)
         return deps.runner.run(built.agent, run, sink=sink, policy=policy_for(built))
 
     def reply(thread_ts: str, heading: str):

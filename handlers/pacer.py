@@ -6,10 +6,16 @@ per workspace decides which message to refresh next (docs/ARCHITECTURE.md §5):
 - a message is refreshed at most once per `interval` (finals excepted);
 - final texts go first, then the message whose visible text is the most stale;
 - a token bucket per method keeps the workspace under Slack's tier (50 `chat.update` a
-  minute with a small burst by default), and a 429 pauses that method for `Retry-After`,
-  after which the *latest* text is sent, never a stale one.
+  minute with a small burst by default), and a 429 pauses that method for `Retry-After`
+  (at most `max_retry_after`), after which the *latest* text is sent, never a stale one.
 
-`chat.postMessage` is paced separately, about one a second per channel.
+`chat.postMessage` is paced separately, about one a second per channel; a post may carry a
+render function, so that a post queued behind others shows the text of when it is sent.
+
+Every wait is bounded (DESIGN.md §5): `Retry-After` is capped, a message or a post refused
+with 429 `MAX_RATELIMITED` times in a row fails ("ratelimited"), and `wait_delivered`
+returns by `delivery_timeout` (the final stays queued: a later write still shows it). One
+message whose content cannot be made fails alone; the workspace's sender goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +58,13 @@ PERMANENT_ERRORS = frozenset(
     }
 )
 MAX_TRANSIENT_FAILURES = 5
+# 429s in a row after which one message or post gives up: with Retry-After capped at a
+# minute, Slack has refused it for about five minutes.
+MAX_RATELIMITED = 5
+RATELIMITED = "ratelimited"
+TIMEOUT = "timeout"
+RENDER_FAILED = "render_failed"
+INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,12 @@ class PacerConfig:
     chat_stop_stream: Budget = Budget(per_minute=20, burst=3)
     # Slack ends a stream after about 5 minutes; stop appending a little before that.
     stream_max_age: float = 270.0
+    # Slack's windows are a minute long: a longer Retry-After (an outage, a bug) is cut to
+    # this, and the method is tried again; a message refused again counts towards failing.
+    max_retry_after: float = 60.0
+    # How long `wait_delivered` waits for a final (finals go first, so only a 429 pause or
+    # a storm of finals makes one wait): two capped pauses.
+    delivery_timeout: float = 120.0
 
     def budget_for(self, method: str) -> Budget | None:
         """The budget of a paced method other than chat.update, or None if it has none."""
@@ -84,12 +104,21 @@ class PacerConfig:
 
 
 class SlackCallFailed(Exception):
-    """A Slack write that failed for good; `error` is Slack's error code or a short reason."""
+    """A Slack write that failed for good; `error` is Slack's error code or a short reason
+    ("ratelimited", "timeout", "render_failed", "unreachable (…)", "HTTP 5xx")."""
 
     def __init__(self, method: str, error: str) -> None:
         super().__init__(f"{method}: {error}")
         self.method = method
         self.error = error
+
+
+class DeliveryTimeout(SlackCallFailed):
+    """A final was not in Slack within the bound; it stays queued and may still arrive."""
+
+    def __init__(self, method: str, waited: float) -> None:
+        super().__init__(method, TIMEOUT)
+        self.waited = waited
 
 
 class TokenBucket:
@@ -118,6 +147,34 @@ class TokenBucket:
         self._tokens -= 1
 
 
+class PostWindow:
+    """At most `budget.burst` calls in any window of `burst × 60 / per_minute` seconds (with
+    a 2 % margin): a channel's posts go out in bursts yet never above about one a second,
+    whether Slack counts them by the second, by a few seconds or by the minute."""
+
+    def __init__(self, budget: Budget, clock: Clock) -> None:
+        self._count = budget.burst
+        self._window = budget.burst * 60.0 / budget.per_minute * 1.02
+        self._clock = clock
+        self._sent: deque[float] = deque()
+
+    def wait_time(self) -> float:
+        """Seconds until a call is allowed (0 if one is now)."""
+        now = self._clock()
+        while self._sent and self._sent[0] <= now - self._window:
+            self._sent.popleft()
+        return 0.0 if len(self._sent) < self._count else self._sent[0] + self._window - now
+
+    def take(self) -> None:
+        self._sent.append(self._clock())
+
+    def settle(self) -> None:
+        """Count the last call from now, when its answer came: Slack saw it arrive at some
+        time in between, and a busy event loop may have sent it late."""
+        if self._sent:
+            self._sent[-1] = self._clock()
+
+
 @dataclass(eq=False)
 class LiveMessage:
     """A Slack message being edited: its latest wanted content and what has been sent."""
@@ -132,6 +189,7 @@ class LiveMessage:
     last_sent: float = float("-inf")
     writes: int = 0
     failures: int = 0
+    ratelimits: int = 0  # 429s in a row on this message
     error: str | None = None
     delivered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -144,7 +202,7 @@ class LiveMessage:
         if not self.dirty:
             self.dirty_since = self._pacer._clock()
         self.dirty = True
-        self._pacer._wake.set()
+        self._pacer._wake_sender()
 
     def set_rendered(self, render: Callable[[], Content]) -> None:
         """Like `set`, but the content is made only when it is sent: a stream calls this per
@@ -155,11 +213,20 @@ class LiveMessage:
         if not self.dirty:
             self.dirty_since = self._pacer._clock()
         self.dirty = True
-        self._pacer._wake.set()
+        self._pacer._wake_sender()
 
-    async def wait_delivered(self) -> None:
-        """Wait until the final content is in Slack (or the message failed for good)."""
-        await self.delivered.wait()
+    async def wait_delivered(self, *, timeout: float | None = None) -> None:
+        """Wait until the final content is in Slack, at most `timeout` seconds (default: the
+        pacer's `delivery_timeout`).
+
+        Raises `SlackCallFailed` when the message failed for good, and `DeliveryTimeout`
+        when the time is up: the final then stays queued, and a later write shows it.
+        """
+        limit = self._pacer.config.delivery_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self.delivered.wait(), timeout=limit)
+        except TimeoutError:
+            raise DeliveryTimeout("chat.update", limit) from None
         if self.error is not None:
             raise SlackCallFailed("chat.update", self.error)
 
@@ -181,11 +248,12 @@ class WorkspacePacer:
         self._clock = clock
         self._update_bucket = TokenBucket(config.chat_update, clock)
         self._paused_until: dict[str, float] = {}
-        self._channel_buckets: dict[str, TokenBucket] = {}
+        self._channel_windows: dict[str, PostWindow] = {}
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._messages: set[LiveMessage] = set()
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+        self._closed = False
         self._method_buckets: dict[str, TokenBucket] = {"chat.update": self._update_bucket}
         self._turn_locks: dict[str, asyncio.Lock] = {}
 
@@ -197,6 +265,10 @@ class WorkspacePacer:
     def clock(self) -> Clock:
         return self._clock
 
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
     # -- live messages (chat.update) -------------------------------------------------------
 
     def track(self, channel: str, ts: str) -> LiveMessage:
@@ -204,15 +276,28 @@ class WorkspacePacer:
         message = LiveMessage(channel=channel, ts=ts, _pacer=self)
         message.last_sent = self._clock()  # it was just posted
         self._messages.add(message)
+        self._wake_sender()
+        return message
+
+    def _wake_sender(self) -> None:
+        """Wake the sender, starting it again if it ended (it should not: see `_sender_ended`)."""
+        if self._closed:
+            return
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_loop(), name="slack-pacer")
-        return message
+            self._sender.add_done_callback(self._sender_ended)
+        self._wake.set()
+
+    def _sender_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the Slack pacer's sender ended", exc_info=task.exception())
 
     @property
     def queue_depth(self) -> int:
         return sum(1 for message in self._messages if message.dirty)
 
     async def close(self) -> None:
+        self._closed = True
         if self._sender is not None:
             self._sender.cancel()
             try:
@@ -236,7 +321,11 @@ class WorkspacePacer:
                 await asyncio.sleep(gate)
                 continue  # re-pick: a final may have arrived meanwhile
             self._update_bucket.take()
-            await self._send(message)
+            try:
+                await self._send(message)
+            except Exception:  # a bug in one message's write: that message fails, not all
+                log.exception("message %s in %s: the write failed", message.ts, message.channel)
+                self._give_up(message, INTERNAL_ERROR)
 
     def _pick(self) -> tuple[LiveMessage | None, float | None]:
         """The message to send now, else None and how long until one is due."""
@@ -259,7 +348,14 @@ class WorkspacePacer:
 
     async def _send(self, message: LiveMessage) -> None:
         assert message.latest is not None
-        text, blocks = message.latest() if callable(message.latest) else message.latest
+        try:
+            text, blocks = message.latest() if callable(message.latest) else message.latest
+        except Exception:  # a bug in one message's render must not stop the others
+            log.exception(
+                "message %s in %s: its content could not be made", message.ts, message.channel
+            )
+            self._give_up(message, RENDER_FAILED)
+            return
         was_final = message.final
         message.dirty = False
         message.writes += 1
@@ -268,23 +364,31 @@ class WorkspacePacer:
                 "chat.update", channel=message.channel, ts=message.ts, text=text, blocks=blocks
             )
         except RateLimited:
+            message.ratelimits += 1
+            if message.ratelimits >= MAX_RATELIMITED:
+                self._give_up(message, RATELIMITED)
+                return
             message.dirty = True  # the latest text goes out once the pause is over
             return
         except SlackCallFailed as exc:
             if exc.error in PERMANENT_ERRORS or message.failures >= MAX_TRANSIENT_FAILURES:
-                log.warning("giving up on message %s in %s: %s", message.ts, message.channel, exc)
-                message.error = exc.error
-                self._retire(message)
+                self._give_up(message, exc.error)
                 return
             message.failures += 1
             message.dirty = True
             message.last_sent = self._clock()  # back off one interval before the retry
             return
-        message.failures = 0
+        message.failures = message.ratelimits = 0
         message.last_sent = self._clock()
         self._metrics.update_staleness.observe(message.last_sent - message.dirty_since)
         if was_final and not message.dirty:
             self._retire(message)
+
+    def _give_up(self, message: LiveMessage, error: str) -> None:
+        log.warning("giving up on message %s in %s: %s", message.ts, message.channel, error)
+        self._metrics.slack_gave_up.labels("chat.update", error).inc()
+        message.error = error
+        self._retire(message)
 
     def _retire(self, message: LiveMessage) -> None:
         self._messages.discard(message)
@@ -293,32 +397,46 @@ class WorkspacePacer:
 
     # -- new messages (chat.postMessage) ---------------------------------------------------
 
-    async def post(self, channel: str, **kwargs: Any) -> dict[str, Any]:
-        """`chat.postMessage`, about one a second per channel; waits out 429s (bounded).
+    async def post(
+        self, channel: str, *, render: Callable[[], Content] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """`chat.postMessage`, about one a second per channel, in the order asked; waits out
+        429s, each pause capped, `MAX_RATELIMITED` in a row at most.
 
-        Raises `SlackCallFailed` when Slack refuses for good.
+        With `render`, the text and blocks are made when the post is sent (a post queued
+        behind others shows the latest content). Raises `SlackCallFailed` when Slack refuses
+        for good or keeps refusing ("ratelimited").
         """
-        bucket = self._channel_buckets.setdefault(
-            channel, TokenBucket(self._config.post_per_channel, self._clock)
+        window = self._channel_windows.setdefault(
+            channel, PostWindow(self._config.post_per_channel, self._clock)
         )
         lock = self._channel_locks.setdefault(channel, asyncio.Lock())
-        failures = 0
+        failures = ratelimits = 0
         async with lock:  # keeps one channel's posts in order
             while True:
-                gate = max(bucket.wait_time(), self._pause_left("chat.postMessage"))
+                gate = max(window.wait_time(), self._pause_left("chat.postMessage"))
                 if gate > 0:
                     await asyncio.sleep(gate)
                     continue
-                bucket.take()
+                window.take()
+                content = kwargs
+                if render is not None:
+                    text, blocks = render()
+                    content = {**kwargs, "text": text, "blocks": blocks}
                 try:
-                    return await self._call("chat.postMessage", channel=channel, **kwargs)
-                except RateLimited:
-                    continue
+                    return await self._call("chat.postMessage", channel=channel, **content)
+                except RateLimited as exc:
+                    ratelimits += 1
+                    if ratelimits >= MAX_RATELIMITED:
+                        self._metrics.slack_gave_up.labels("chat.postMessage", RATELIMITED).inc()
+                        raise SlackCallFailed("chat.postMessage", RATELIMITED) from exc
                 except SlackCallFailed as exc:
                     failures += 1
                     if exc.error in PERMANENT_ERRORS or failures > MAX_TRANSIENT_FAILURES:
                         raise
                     await asyncio.sleep(min(2.0**failures * 0.25, 4.0))
+                finally:
+                    window.settle()
 
     async def call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         """Any other Slack call, counted and honouring a pause from an earlier 429."""
@@ -328,7 +446,7 @@ class WorkspacePacer:
         try:
             return await self._call(method, **kwargs)
         except RateLimited as exc:
-            raise SlackCallFailed(method, "ratelimited") from exc
+            raise SlackCallFailed(method, RATELIMITED) from exc
 
     # -- paced calls (chat.*Stream) -------------------------------------------------------
 
@@ -345,6 +463,17 @@ class WorkspacePacer:
                 await asyncio.sleep(gate)
             if bucket is not None:
                 bucket.take()
+
+    def turn_free(self, method: str) -> bool:
+        """Whether `wait_turn(method)` would return at once (nobody waiting, budget left, no
+        pause)."""
+        bucket = self._method_bucket(method)
+        lock = self._turn_locks.get(method)
+        return (
+            not (lock is not None and lock.locked())
+            and (bucket is None or bucket.wait_time() == 0)
+            and self._pause_left(method) == 0
+        )
 
     async def paced_call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         """`method` once, within its budget and after any 429 pause of that method.
@@ -376,7 +505,7 @@ class WorkspacePacer:
         except SlackApiError as exc:
             status = exc.response.status_code
             if status == 429:
-                retry_after = _retry_after(exc.response.headers)
+                retry_after = min(_retry_after(exc.response.headers), self._config.max_retry_after)
                 self._paused_until[method] = self._clock() + retry_after
                 self._metrics.slack_call(method, "ratelimited")
                 log.info("%s rate limited; pausing it %.1f s", method, retry_after)
@@ -413,6 +542,15 @@ class Pacer:
         self._metrics = metrics
         self._clock = clock
         self._workspaces: dict[str, WorkspacePacer] = {}
+
+    @property
+    def config(self) -> PacerConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: PacerConfig) -> None:
+        """Tune the pacer (tests); applies to the workspaces first used after."""
+        self._config = config
 
     def workspace(self, team_id: str | None) -> WorkspacePacer:
         key = team_id or "-"

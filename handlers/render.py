@@ -216,9 +216,10 @@ def status_notice(run: RunRecord, *, answer_above: bool = True) -> str | None:
 def footer_line(run: RunRecord) -> str:
     seconds = (run.duration_ms or 0) / 1000
     rate = run.output_tokens / seconds if seconds > 0 else 0.0
+    about = "~" if run.usage_estimated else ""  # estimated from the text, not reported
     parts = [
         f"`{untrusted.mrkdwn(run.model)}`" if run.model else None,
-        f"{run.input_tokens} in / {run.output_tokens} out tokens",
+        f"{about}{run.input_tokens} in / {about}{run.output_tokens} out tokens",
         f"{seconds:.1f} s",
         f"{rate:.0f} tok/s",
         tools_used(run),

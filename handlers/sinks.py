@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from bot.errors import InputError, RunFailed
+from bot.errors import BotError, InputError, RunFailed
 from bot.models import Progress, RunRecord
 from bot.ports import Sink
 from handlers import render
-from handlers.pacer import LiveMessage, SlackCallFailed, WorkspacePacer
+from handlers.pacer import (
+    RATELIMITED,
+    TIMEOUT,
+    Content,
+    LiveMessage,
+    SlackCallFailed,
+    WorkspacePacer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +30,25 @@ NOT_IN_CHANNEL = "I'm not in this channel yet: invite me with `/invite @agentbot
 async def post_first_message(
     pacer: WorkspacePacer,
     channel: str,
-    message: render.SlackMessage,
+    message: render.SlackMessage | Callable[[], render.SlackMessage],
     *,
     notify: Notify,
     thread_ts: str | None = None,
 ) -> str:
-    """Post the message a run starts with; return its ts.
+    """Post the message a run starts with; return its ts. `message` may be a function that
+    makes it when the channel's turn comes (the content of that moment is posted).
 
     When Slack refuses, the user is told why (privately) and `InputError` (the bot is not in
     the channel) or `RunFailed` is raised.
     """
+    make = message if callable(message) else lambda: message
+
+    def content() -> Content:
+        made = make()
+        return made.text, made.blocks
+
     try:
-        posted = await pacer.post(
-            channel, text=message.text, blocks=message.blocks, thread_ts=thread_ts
-        )
+        posted = await pacer.post(channel, render=content, thread_ts=thread_ts)
     except SlackCallFailed as exc:
         if exc.error in ("not_in_channel", "channel_not_found"):
             await notify(NOT_IN_CHANNEL)
@@ -46,7 +59,13 @@ async def post_first_message(
 
 
 class SlackEditSink:
-    """Posts one message when the run starts and edits it as text arrives (`chat.update`).
+    """Posts one message for the run and edits it as text arrives (`chat.update`).
+
+    `start` never waits for Slack: the first post waits for the channel's turn (about one
+    post a second per channel) while the model already runs, and shows what there is when
+    it goes out: the text so far, or the whole end when the run finished first (one write).
+    A refused first post (the bot is not in the channel) is told to the user at once and
+    raised from the next `progress` or from `finish`, so that the run ends failed.
 
     The final answer replaces the live message; text beyond one message's limit continues
     in thread replies, in order.
@@ -60,17 +79,31 @@ class SlackEditSink:
         notify: Notify,
         thread_ts: str | None = None,
         heading: str | None = None,
+        tell_place: Notify | None = None,
     ) -> None:
         """`thread_ts` makes the message a reply in that thread; `heading` replaces the
-        default first line of the message."""
+        default first line of the message; `tell_place` tells a user waiting in line their
+        place privately, once (a slash command's `response_url`, which spends no channel
+        budget); without it the message shows the place."""
         self._pacer = pacer
         self._channel = channel
         self._notify = notify
         self._thread_ts = thread_ts
         self._heading = heading
+        self._tell_place = tell_place
         self._posts = 0
         self._live: LiveMessage | None = None
         self._run: RunRecord | None = None
+        self._posting: asyncio.Task[None] | None = None
+        self._refused: BotError | None = None  # the first post's refusal, until raised
+        self._text = ""
+        self._progress: Progress | None = None
+        self._queued: int | None = None
+        self._version = 0  # bumped by every change of the live content
+        self._ending: list[render.SlackMessage] | None = None  # set by `finish`
+        self._sending: tuple[int, bool] = (0, False)  # (version, whether the end) being posted
+        self._posted: tuple[int, bool] | None = None  # the same, once Slack took the post
+        self._telling: asyncio.Task[None] | None = None
 
     @property
     def writes(self) -> int:
@@ -78,41 +111,118 @@ class SlackEditSink:
 
     async def start(self, run: RunRecord) -> None:
         self._run = run
-        first = render.live_message(run, "", None, heading=self._heading)
-        self._posts += 1
-        run.message_ts = await post_first_message(
-            self._pacer, self._channel, first, notify=self._notify, thread_ts=self._thread_ts
-        )
         run.thread_ts = self._thread_ts
-        self._live = self._pacer.track(self._channel, run.message_ts)
+        self._posting = asyncio.create_task(self._post_first(run), name=f"first-post-{run.id}")
 
     def queued(self, position: int) -> None:
-        if self._live is None or self._run is None:
+        if self._run is None:
             return
-        message = render.live_message(self._run, "", None, heading=self._heading, queued=position)
-        self._live.set(message.text, message.blocks)
+        if self._tell_place is not None:
+            if self._telling is None:  # once: a response_url takes a few uses only
+                text = f"⏳ agentbot is busy: you are number {position} in line, starting soon."
+                self._telling = asyncio.create_task(self._tell(text), name="tell-place")
+            return
+        self._queued = position
+        self._changed()
 
     def progress(self, text: str, progress: Progress) -> None:
-        if self._live is None or self._run is None:
+        self._raise_refusal()
+        if self._run is None:
             return
-        run, heading = self._run, self._heading
-
-        def content() -> tuple[str, list]:
-            message = render.live_message(run, text, progress, heading=heading)
-            return message.text, message.blocks
-
-        self._live.set_rendered(content)
+        self._text, self._progress, self._queued = text, progress, None
+        self._changed()
 
     async def finish(self, run: RunRecord) -> None:
-        if self._live is None:
-            return  # never shown: the run was stopped before its first message was posted
+        if self._posting is None:
+            return  # never started
+        self._ending = render.final_messages(run, heading=self._heading)
+        try:
+            await asyncio.wait([self._posting])  # its own waits are bounded (the pacer's)
+        except asyncio.CancelledError:
+            self._posting.cancel()  # shutdown: nothing more goes to Slack
+            raise
+        self._raise_refusal()
+        if self._posted is None:
+            return  # not shown: the refusal was raised before (the run ended failed)
+        if self._posted[1]:
+            # The run was over before its turn came: the end went out in the post itself.
+            for message in self._ending[1:]:
+                self._posts += 1
+                await self._pacer.post(
+                    self._channel,
+                    text=message.text,
+                    blocks=message.blocks,
+                    thread_ts=self._reply_to(run),
+                )
+            return
+        assert self._live is not None
         self._posts += await show_final(
-            self._pacer,
-            self._live,
-            run,
-            heading=self._heading,
-            reply_to=self._thread_ts or run.message_ts,
+            self._pacer, self._live, run, heading=self._heading, reply_to=self._reply_to(run)
         )
+
+    # -- the first post, when the channel's turn comes ----------------------------------------
+
+    async def _post_first(self, run: RunRecord) -> None:
+        try:
+            run.message_ts = await post_first_message(
+                self._pacer,
+                self._channel,
+                self._first,
+                notify=self._notify,
+                thread_ts=self._thread_ts,
+            )
+        except BotError as exc:
+            self._refused = exc
+            return
+        self._posted = version, ended = self._sending
+        if ended:
+            return
+        self._live = self._pacer.track(self._channel, run.message_ts)
+        if self._version != version:  # text came while the post was on its way
+            self._show_live()
+
+    def _first(self) -> render.SlackMessage:
+        """What the first post shows, made when it is sent: the end if there is one."""
+        self._posts += 1
+        self._sending = (self._version, self._ending is not None)
+        return self._live_content() if self._ending is None else self._ending[0]
+
+    # -- the live message ---------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._version += 1
+        if self._live is not None:
+            self._show_live()
+
+    def _show_live(self) -> None:
+        assert self._live is not None
+        self._live.set_rendered(lambda: _content(self._live_content()))
+
+    def _live_content(self) -> render.SlackMessage:
+        assert self._run is not None
+        return render.live_message(
+            self._run, self._text, self._progress, heading=self._heading, queued=self._queued
+        )
+
+    def _reply_to(self, run: RunRecord) -> str | None:
+        return self._thread_ts or run.message_ts
+
+    def _raise_refusal(self) -> None:
+        """Raise the first post's refusal, once: the run then ends failed."""
+        refused, self._refused = self._refused, None
+        if refused is not None:
+            raise refused
+
+    async def _tell(self, text: str) -> None:
+        assert self._tell_place is not None
+        try:
+            await self._tell_place(text)
+        except Exception as exc:  # only a courtesy: the run goes on
+            log.info("could not tell a user their place in line: %s", exc)
+
+
+def _content(message: render.SlackMessage) -> Content:
+    return message.text, message.blocks
 
 
 async def show_final(
@@ -130,9 +240,15 @@ async def show_final(
     try:
         await live.wait_delivered()
     except SlackCallFailed as exc:
-        # The message is gone (deleted, channel archived): post the end as a new message.
-        log.warning("run %s: final edit failed (%s); posting it anew", run.id, exc.error)
-        rest = [first, *rest]
+        pacer.metrics.slack_undelivered.labels(exc.error).inc()
+        if exc.error in (TIMEOUT, RATELIMITED):
+            # Slack holds the message but keeps refusing edits for now; posting the end anew
+            # could show it twice. After a timeout the edit stays queued and may still land.
+            log.warning("run %s: final edit not confirmed in Slack (%s)", run.id, exc.error)
+        else:
+            # The message is gone (deleted, channel archived): post the end as a new message.
+            log.warning("run %s: final edit failed (%s); posting it anew", run.id, exc.error)
+            rest = [first, *rest]
     for message in rest:
         await pacer.post(live.channel, text=message.text, blocks=message.blocks, thread_ts=reply_to)
     return len(rest)

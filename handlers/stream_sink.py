@@ -33,10 +33,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from bot.errors import InputError
+from bot.errors import BotError, InputError
 from bot.models import Progress, RunRecord, ToolState, ToolTask
 from handlers import render, untrusted
-from handlers.pacer import MAX_TRANSIENT_FAILURES, LiveMessage, SlackCallFailed, WorkspacePacer
+from handlers.pacer import (
+    MAX_RATELIMITED,
+    MAX_TRANSIENT_FAILURES,
+    LiveMessage,
+    SlackCallFailed,
+    WorkspacePacer,
+)
 from handlers.sinks import NOT_IN_CHANNEL, Notify, post_first_message, show_final
 
 log = logging.getLogger(__name__)
@@ -123,6 +129,9 @@ class SlackStreamSink:
         self._sender: asyncio.Task[None] | None = None
         self._calling = False  # the sender has a call in flight: do not cancel it then
         self._closing = False
+        self._opening: asyncio.Task[None] | None = None  # the stream's first call, deferred
+        self._refused: BotError | None = None  # the opening's refusal, until raised
+        self._replying = False  # replying with an ordinary message instead of a stream
 
     @property
     def writes(self) -> int:
@@ -136,22 +145,37 @@ class SlackStreamSink:
     # -- the Sink protocol -----------------------------------------------------------------
 
     async def start(self, run: RunRecord) -> None:
+        """Open the stream when Slack's budget allows; the model does not wait for it. In a
+        quiet workspace that is at once, and a refusal is raised here; under a burst the
+        stream opens later (or the end is posted whole, `finish`), and a refusal is raised
+        from the next `progress` or from `finish`."""
         self._run = run
+        quiet = self._pacer.turn_free(START)
+        self._opening = asyncio.create_task(self._open(run), name=f"slack-open-{run.id}")
+        if quiet:
+            await asyncio.wait([self._opening])
+            self._raise_refusal()
+
+    async def _open(self, run: RunRecord) -> None:
         try:
-            answer = await self._call(
-                START,
-                channel=self._channel,
-                thread_ts=self._thread_ts,
-                recipient_user_id=run.user_id,
-                recipient_team_id=run.team_id,
-                markdown_text=self._heading_text(),
-                task_display_mode=self._task_display,
-            )
-        except SlackCallFailed as exc:
-            if exc.error in CHANNEL_ERRORS:
-                raise await self._not_in_channel(exc) from exc
-            log.warning("run %s: %s failed (%s); replying by edits", run.id, START, exc.error)
-            await self._post_instead(run)
+            try:
+                answer = await self._call(
+                    START,
+                    channel=self._channel,
+                    thread_ts=self._thread_ts,
+                    recipient_user_id=run.user_id,
+                    recipient_team_id=run.team_id,
+                    markdown_text=self._heading_text(),
+                    task_display_mode=self._task_display,
+                )
+            except SlackCallFailed as exc:
+                if exc.error in CHANNEL_ERRORS:
+                    raise await self._not_in_channel(exc) from exc
+                log.warning("run %s: %s failed (%s); replying by edits", run.id, START, exc.error)
+                await self._post_instead(run)
+                return
+        except BotError as exc:
+            self._refused = exc
             return
         self._ts = str(answer["ts"])
         run.message_ts = self._ts
@@ -159,12 +183,21 @@ class SlackStreamSink:
         self._started_at = self._last_append = self._clock()
         self._mode = _Mode.STREAMING
         self._sender = asyncio.create_task(self._send_loop(), name=f"slack-stream-{run.id}")
+        if self._text or self._unsent_tasks:  # what came while the stream waited to open
+            self._wake.set()
+
+    def _raise_refusal(self) -> None:
+        """Raise the opening's refusal, once: the run then ends failed."""
+        refused, self._refused = self._refused, None
+        if refused is not None:
+            raise refused
 
     def queued(self, position: int) -> None:
         """Not shown: what a native stream shows cannot be taken back, and a place in line
         would stay in the answer."""
 
     def progress(self, text: str, progress: Progress) -> None:
+        self._raise_refusal()
         self._text = text
         self._progress = progress
         if progress.tasks is not self._seen_tasks:  # the same tuple until a call changes
@@ -177,8 +210,24 @@ class SlackStreamSink:
             self._show_live()
 
     async def finish(self, run: RunRecord) -> None:
+        opening = self._opening
+        if opening is None:
+            return  # never started
+        if not (opening.done() or self._calling or self._replying):
+            # Still waiting for its turn to open: the end goes out whole, as one reply.
+            opening.cancel()
+            await asyncio.wait([opening])
+            if self._mode is _Mode.IDLE and self._refused is None:
+                await self._post_end(run)
+                return
+        try:
+            await asyncio.wait([opening])  # its own waits are bounded (the pacer's)
+        except asyncio.CancelledError:
+            opening.cancel()  # shutdown: nothing more goes to Slack
+            raise
+        self._raise_refusal()
         if self._mode is _Mode.IDLE:
-            return  # never shown (start failed or the run was stopped before it)
+            return  # never shown (the refusal was raised before, or the run was stopped)
         await self._stop_sender()
         if self._mode is _Mode.STREAMING:
             too_old = self._age() >= self._max_age
@@ -333,9 +382,27 @@ class SlackStreamSink:
         self._mode = _Mode.EDITING
         self._show_live()
 
+    async def _post_end(self, run: RunRecord) -> None:
+        """Reply with the run's end, whole (continued in more replies when long)."""
+        first, *rest = render.final_messages(run, heading=self._heading)
+        self._calls += 1
+        self._ts = await post_first_message(
+            self._pacer, self._channel, first, notify=self._notify, thread_ts=self._thread_ts
+        )
+        run.message_ts, run.thread_ts = self._ts, self._thread_ts
+        for message in rest:
+            self._calls += 1
+            await self._pacer.post(
+                self._channel, text=message.text, blocks=message.blocks, thread_ts=self._thread_ts
+            )
+
     async def _post_instead(self, run: RunRecord) -> None:
         """Reply with an ordinary message to edit, when Slack would not start a stream."""
-        first = render.live_message(run, "", None, heading=self._heading)
+        self._replying = True  # the post may be on its way: never cancel the opening now
+
+        def first() -> render.SlackMessage:  # made when the post goes out
+            return render.live_message(run, "", None, heading=self._heading)
+
         self._calls += 1
         self._ts = await post_first_message(
             self._pacer, self._channel, first, notify=self._notify, thread_ts=self._thread_ts
@@ -344,6 +411,8 @@ class SlackStreamSink:
         run.thread_ts = self._thread_ts
         self._live = self._pacer.track(self._channel, self._ts)
         self._mode = _Mode.EDITING
+        if self._text:  # what came while the reply waited for its turn
+            self._show_live()
 
     def _show_live(self) -> None:
         assert self._live is not None and self._run is not None
@@ -359,14 +428,17 @@ class SlackStreamSink:
     # -- Slack calls -----------------------------------------------------------------------
 
     async def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
-        """`method` within its budget; a 429 is waited out and the same call made again."""
-        while True:
+        """`method` within its budget; a 429 is waited out and the same call made again,
+        `MAX_RATELIMITED` times at most (then `SlackCallFailed` "ratelimited")."""
+        for _ in range(MAX_RATELIMITED - 1):
             await self._pacer.wait_turn(method)
             try:
                 return await self._send(method, **kwargs)
             except SlackCallFailed as exc:
                 if exc.error != RATELIMITED:
                     raise
+        await self._pacer.wait_turn(method)
+        return await self._send(method, **kwargs)
 
     async def _send(self, method: str, **kwargs: Any) -> dict[str, Any]:
         """One Slack call, counted in `writes`."""

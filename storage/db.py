@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,27 +12,45 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.errors import ConfigError
+from storage.history import SQLITE_LOWER
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SETTING = "AGENTBOT_DATABASE_URL"
 BACKENDS = ("sqlite", "postgresql")
 
+log = logging.getLogger(__name__)
+
+# A rollback journal, not WAL, and no memory-mapped I/O: WAL's index is a memory-mapped
+# `-shm` file, and when that file stops taking writes (made immutable, its file system shut
+# down) the kernel kills the process with SIGBUS. Without a mapping the same fault is an
+# SQLite error that the run store reports like any other. busy_timeout comes first: the
+# journal mode waits for other connections.
 SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
     "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
     "PRAGMA synchronous=NORMAL",
+    "PRAGMA mmap_size=0",
 )
+SQLITE_JOURNAL = "PRAGMA journal_mode=DELETE"
 
 
 def create_engine(url: str, *, connect_args: Mapping[str, Any] | None = None) -> AsyncEngine:
-    """An async engine for `url` (SQLite with WAL and foreign keys on, or PostgreSQL).
+    """An async engine for `url` (SQLite with a rollback journal and foreign keys on, or
+    PostgreSQL).
 
     Raises `ConfigError` naming `AGENTBOT_DATABASE_URL` when the URL cannot be used.
     Nothing is connected yet: `upgrade` or `check` opens the first connection.
@@ -110,21 +130,45 @@ async def _open_aiosqlite(*args: Any, **kwargs: Any) -> Any:
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.create_function(SQLITE_LOWER, 1, _lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     try:
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
+        try:
+            cursor.execute(SQLITE_JOURNAL)
+        except sqlite3.OperationalError as exc:
+            # A WAL database that another process still has open, or a read-only one:
+            # readers carry on in WAL; a writer meets the same error on its first write.
+            log.warning("SQLite: journal mode left as it is (%s)", exc)
     finally:
         cursor.close()
 
 
-async def upgrade(engine: AsyncEngine) -> None:
-    """Create or upgrade the schema to the latest migration (Alembic, no alembic.ini).
+def _lower(value: object) -> object:
+    """SQLite's `agentbot_lower(x)`: `x.lower()` for text in any alphabet, else `x`."""
+    return value.lower() if isinstance(value, str) else value
 
-    Raises `ConfigError` when the database cannot be opened at all.
+
+async def upgrade(engine: AsyncEngine, *, writable: bool = True) -> None:
+    """Create or upgrade the schema to the latest migration (Alembic, no alembic.ini); with
+    `writable` (the default), also make sure that the database takes writes.
+
+    Raises `ConfigError` (one line) when the database cannot be opened, or cannot be
+    written: a read-only database stops `serve` at start-up rather than at its first run.
     """
     async with _begin(engine) as conn:
-        await conn.run_sync(_upgrade_sync)
+        try:
+            await conn.run_sync(_upgrade_sync)
+            if writable:  # a write that changes nothing
+                await conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        except DBAPIError as exc:
+            if not _cannot_write(exc):
+                raise
+            where = engine.url.render_as_string(hide_password=True)
+            raise ConfigError(
+                f"{SETTING}: {where} does not take writes (read-only?): {first_line(exc)}"
+            ) from None
 
 
 def _upgrade_sync(connection: Connection) -> None:
@@ -132,6 +176,12 @@ def _upgrade_sync(connection: Connection) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def _cannot_write(exc: DBAPIError) -> bool:
+    """SQLite's operational errors (read-only, disk I/O, locked, full) and PostgreSQL's
+    "read-only transaction" (SQLSTATE 25006, a standby or `default_transaction_read_only`)."""
+    return isinstance(exc, OperationalError) or getattr(exc.orig, "sqlstate", None) == "25006"
 
 
 async def check(engine: AsyncEngine) -> None:
@@ -159,3 +209,36 @@ def first_line(exc: BaseException) -> str:
     """The first line of an error's message (SQLAlchemy's run to several)."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+async def require_current(engine: AsyncEngine) -> None:
+    """Raise `ConfigError` (one line, naming `agentbot db upgrade`) unless the schema is at
+    the latest migration. Reads the Alembic revision only: the database is not changed, so
+    commands that only read (`history`, `stats`) never migrate a database behind their back.
+    """
+    async with _begin(engine) as conn:
+        current = set(await conn.run_sync(_current_heads))
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    heads = set(script.get_heads())
+    if current == heads:
+        return
+    where = engine.url.render_as_string(hide_password=True)
+    if not current:
+        raise ConfigError(
+            f"{SETTING}: {where} has no agentbot tables: run `agentbot db upgrade` to create them"
+        )
+    known = {rev.revision for rev in script.walk_revisions()}
+    at = ", ".join(sorted(current))
+    if current <= known:
+        raise ConfigError(
+            f"{SETTING}: {where} is at schema {at}, this agentbot needs {', '.join(sorted(heads))}:"
+            " run `agentbot db upgrade`"
+        )
+    raise ConfigError(
+        f"{SETTING}: {where} is at schema {at}, which this agentbot does not know "
+        "(was it upgraded by a newer agentbot?)"
+    )
+
+
+def _current_heads(connection: Connection) -> tuple[str, ...]:
+    return MigrationContext.configure(connection).get_current_heads()

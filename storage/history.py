@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import ColumnElement, Date, Select, cast, func, or_, select
+from sqlalchemy import Boolean, ColumnElement, Date, Select, bindparam, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import defer
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, UnaryExpression
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from bot.models import (
     DayCount,
@@ -25,9 +28,12 @@ from bot.models import (
     StatsQuery,
     percentile_index,
 )
+from bot.query import clean_words
 from storage.tables import RunRow
 
 LIKE_ESCAPE = "\\"
+# Registered on every SQLite connection (storage.db): Python's `str.lower`, for every alphabet.
+SQLITE_LOWER = "agentbot_lower"
 MAX_LIMIT = 1000
 STATS_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATS_END = datetime(9999, 1, 1, tzinfo=UTC)
@@ -83,8 +89,43 @@ def _unindexed(column: ColumnElement[Any]) -> ColumnElement[Any]:
 
 
 def prompt_contains(text: str) -> ColumnElement[bool]:
-    """Case-insensitive substring match on the prompt, with `%`, `_` and `\\` taken literally."""
-    return RunRow.prompt.ilike(f"%{escape_like(text)}%", escape=LIKE_ESCAPE)
+    """Case-insensitive substring match on the prompt, with `%`, `_` and `\\` taken literally;
+    "café" finds "CAFÉ" on every database. A NUL or a lone surrogate, which no database can
+    bind, is left out."""
+    text = clean_words(text)
+    if text.isascii():  # SQLite's lower() and LIKE fold ASCII letters themselves, in C
+        return RunRow.prompt.ilike(f"%{escape_like(text)}%", escape=LIKE_ESCAPE)
+    return UnicodeILike(RunRow.prompt, f"%{escape_like(text.lower())}%")
+
+
+class UnicodeILike(ColumnElement[bool]):
+    """`column ILIKE pattern` (a lower-case pattern, escaped with `LIKE_ESCAPE`).
+
+    PostgreSQL's ILIKE folds every alphabet (and its pg_trgm index serves it); SQLite's
+    lower() and LIKE fold only ASCII, so there the column is lowered by `SQLITE_LOWER`.
+    """
+
+    inherit_cache = True
+    type = Boolean()
+    _traverse_internals: ClassVar[list[tuple[str, InternalTraversal]]] = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("pattern", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: ColumnElement[str], pattern: str) -> None:
+        self.column = column
+        self.pattern: BindParameter[str] = bindparam(None, pattern, unique=True)
+
+
+@compiles(UnicodeILike)
+def _ilike(element: UnicodeILike, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.column.ilike(element.pattern, escape=LIKE_ESCAPE), **kw)
+
+
+@compiles(UnicodeILike, "sqlite")
+def _sqlite_ilike(element: UnicodeILike, compiler: SQLCompiler, **kw: Any) -> str:
+    lowered = getattr(func, SQLITE_LOWER)(element.column)
+    return compiler.process(lowered.like(element.pattern, escape=LIKE_ESCAPE), **kw)
 
 
 def escape_like(text: str) -> str:
@@ -116,11 +157,18 @@ def runs_page(query: RunQuery, *, candidates: Sequence[str] | None = None) -> Se
 
 
 def stats_conditions(query: StatsQuery) -> list[ColumnElement[bool]]:
-    """The workspace and time range of the stats. Both time bounds are always given, even
+    """The requests (runs without a parent) in the workspace and time range of the stats.
+
+    A team, pipeline or comparison is one request: its children are not counted again, and
+    its tokens already include theirs (`bot.team`). Both time bounds are always given, even
     for "all time": SQLite's planner (without ANALYZE statistics) then reads a covering
-    index over the range, instead of an index that orders the GROUP BY but makes it read
-    every row from the table, five to ten times slower."""
+    index over the range (migration 0008 added `parent_id` to it), instead of an index that
+    orders the GROUP BY but makes it read every row from the table, five to ten times
+    slower."""
     where = _time_range(query.since or STATS_EPOCH, query.until or STATS_END)
+    # An expression, not `parent_id IS NULL`: SQLite (without ANALYZE statistics) would
+    # otherwise walk ix_runs_parent_id over three quarters of all runs, twenty times slower.
+    where.append(func.coalesce(RunRow.parent_id, "") == "")
     if query.team_id is not None:
         where.append(RunRow.team_id == query.team_id)
     return where
@@ -162,7 +210,8 @@ def percentile_statement(query: StatsQuery, positions: Sequence[int]) -> Select[
 
 
 async def run_stats(session: AsyncSession, query: StatsQuery, *, dialect: str) -> RunStats:
-    """Runs by status, kind and user, tokens, p50/p95 duration and runs per UTC day."""
+    """Requests by status, kind and user, tokens, p50/p95 duration and requests per UTC day
+    (see `stats_conditions`)."""
     statements = stats_statements(query, dialect=dialect)
     stats = RunStats()
     by_status: dict[RunStatus, int] = {}

@@ -92,10 +92,15 @@ class SqlRunStore:
             return [record_from_row(row, with_messages=False) for row in rows]
 
     async def mark_interrupted(
-        self, reason: str, *, stale_before: datetime | None = None
+        self,
+        reason: str,
+        *,
+        stale_before: datetime | None = None,
+        carried: Collection[str] = (),
     ) -> list[RunRecord]:
         """Mark every `queued`/`running` run `interrupted` with `reason`; return them, oldest
         first. With `stale_before`, skip runs created or with a lease renewed at or after it.
+        Runs in `carried` (the asking process's own) are never taken.
 
         One `UPDATE … WHERE … RETURNING` takes the runs (a `NOT EXISTS` on `run_leases`
         leaves held ones alone), so of processes recovering at once each run goes to one;
@@ -108,6 +113,8 @@ class SqlRunStore:
                 RunLeaseRow.run_id == RunRow.id, RunLeaseRow.renewed_at >= stale_before
             )
             conditions += [RunRow.created_at < stale_before, ~fresh_lease.exists()]
+        if carried:
+            conditions.append(RunRow.id.not_in(list(carried)))
         take = (
             update(RunRow)
             .where(*conditions)
@@ -169,6 +176,18 @@ class SqlRunStore:
             .order_by(RunRow.created_at, RunRow.id)
         )
         return await self._records(stmt)
+
+    async def ids_starting_with(self, prefix: str, *, limit: int = 3) -> list[str]:
+        """Up to `limit` run ids that start with `prefix` (taken literally: `%` and `_` are
+        not wildcards), in id order; for `history show` given the first characters of an id."""
+        stmt = (
+            select(RunRow.id)
+            .where(RunRow.id.startswith(prefix, autoescape=True))
+            .order_by(RunRow.id)
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            return list((await session.scalars(stmt)).all())
 
     async def ping(self) -> None:
         await check(self._engine)

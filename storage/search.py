@@ -19,6 +19,8 @@ import logging
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from bot.query import clean_words
+
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATES = 5000
@@ -58,7 +60,9 @@ async def sqlite_search_ready(conn: AsyncConnection) -> bool:
 
 def trigram_query(words: str) -> str | None:
     """An FTS5 query that every text containing `words` matches (all its trigrams), or None
-    when `words` has fewer than three characters. Bound as a parameter, never spliced."""
+    when `words` has fewer than three characters. Bound as a parameter, never spliced.
+    A NUL or lone surrogate is left out, as `storage.history.prompt_contains` does."""
+    words = clean_words(words)
     grams = list(dict.fromkeys(words[i : i + 3] for i in range(len(words) - 2)))
     if not grams:
         return None

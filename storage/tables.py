@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Dialect,
     ForeignKey,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -89,6 +91,10 @@ class RunRow(Base):
     input_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     output_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     requests: Mapped[int] = mapped_column(Integer, nullable=False)
+    # Migration 0007.
+    usage_estimated: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=false(), default=False
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     first_token_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -108,6 +114,7 @@ class RunRow(Base):
             "duration_ms",
             "input_tokens",
             "output_tokens",
+            "parent_id",  # migration 0008: the stats count runs without a parent
         ),
         Index("ix_runs_user_id_created_at", "user_id", "created_at"),
         Index("ix_runs_channel_id_created_at", "channel_id", "created_at"),
@@ -128,6 +135,7 @@ class RunRow(Base):
             "duration_ms",
             "input_tokens",
             "output_tokens",
+            "parent_id",
         ),
         Index("ix_runs_parent_id", "parent_id"),
         Index("ix_runs_channel_id_thread_ts", "channel_id", "thread_ts"),

@@ -1,4 +1,6 @@
-"""Run `agentbot` as a real process for tests: wait for it to be ready by reading its log."""
+"""Run `agentbot` for tests: in this process (`InProcess`: parsing, output and exit status,
+fast), or as a real process (`agentbot`, `bot_process`: what only a process shows, such as
+signals and the server's start and shutdown)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,69 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from bot.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
+KEPT_ENV = ("PATH", "HOME", "LANG", "VIRTUAL_ENV")
 
 
 def base_env() -> dict[str, str]:
     """The machine's essentials only: no Slack, agentbot or provider settings leak in."""
-    keep = ("PATH", "HOME", "LANG", "VIRTUAL_ENV")
-    env = {k: v for k, v in os.environ.items() if k in keep}
+    env = {k: v for k, v in os.environ.items() if k in KEPT_ENV}
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+class InProcess:
+    """`agentbot ARGS` as `bot.cli.main(ARGS)` in this process: with only `env` (and the
+    machine's essentials) in the environment and `cwd` as the working directory, as a
+    process started by `agentbot()` would see them; its stdout and stderr captured.
+
+    `main` runs its own event loop, so an async test awaits it in a worker thread."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *, cwd: Path
+    ) -> None:
+        self._monkeypatch = monkeypatch
+        self._capsys = capsys
+        self.cwd = cwd
+
+    async def __call__(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> tuple[int, str, str]:
+        """Exit status, stdout and stderr of `agentbot ARGS` (same signature as `agentbot`)."""
+        with self._monkeypatch.context() as patch:
+            for name in [name for name in os.environ if name not in KEPT_ENV]:
+                patch.delenv(name)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            patch.chdir(cwd or self.cwd)
+            self._capsys.readouterr()
+            code = await asyncio.to_thread(main, list(args))
+            out, err = self._capsys.readouterr()
+        return code, out, err
+
+
+async def agentbot(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `python -m bot ARGS` run as a real process, with only
+    `env` (and the machine's essentials) set."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**base_env(), **(env or {})},
+        cwd=cwd or ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 def free_port() -> int:

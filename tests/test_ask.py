@@ -147,7 +147,9 @@ async def test_channel_the_bot_is_not_in_gets_an_invite_hint(start_bot, emulator
     await emulator.wait_for(lambda: len(emulator.responses) == 1)
     [hint] = emulator.responses
     assert "/invite @agentbot" in hint["text"] and hint.get("response_type") == "ephemeral"
-    assert script.calls == []
+    # The model starts before the post is made (a busy channel must not hold it back); the
+    # refused post ends the run all the same, and nothing was shown.
+    assert emulator.messages("C999") == []
 
 
 async def test_model_failing_on_every_try_is_shown_and_recorded(start_bot, emulator):

@@ -250,6 +250,20 @@ async def test_a_nul_in_the_models_output_is_saved_and_the_run_succeeds(
     assert stored.output == "a NUL in the middle" and stored.messages_json
 
 
+async def test_a_lone_surrogate_in_the_models_output_is_saved_and_the_run_succeeds(
+    start_bot, emulator, database_url
+):
+    # pydantic-ai keeps its own copy of the text: its messages must be written cleaned too.
+    script = ScriptedModel(["half a pair ", f"{LONE_SURROGATE} here"])
+    bot = await start_bot(script.model(), AGENTBOT_DATABASE_URL=database_url)
+    await bot.command("hello")
+    [run] = await bot.wait_for_run()
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    stored = await bot.store.get(run.id)
+    assert stored.output == "half a pair \ufffd here"
+    assert stored.messages_json and "\ufffd here" in stored.messages_json.decode()
+
+
 async def test_a_nul_in_a_history_search_is_cleaned_and_the_search_answers(
     start_bot, emulator, database_url
 ):

@@ -1,12 +1,11 @@
 """`agentbot stats`, `agentbot history --all` and the shared time spans, as a user runs them
-(real processes, real database files); plus a smoke run of the history benchmark."""
+(in this process, on real database files); plus a smoke run of the history benchmark."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
-import os
-import pty
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,27 +17,17 @@ from bot.models import RECORD_FIELDS, RunKind, RunRecord, RunStatus
 from bot.query import ListRuns, parse_history, parse_since
 from storage.db import create_engine, upgrade
 from storage.tables import RunRow, row_values
+from tests.processes import ROOT, InProcess, base_env
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def _base_env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "VIRTUAL_ENV")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-async def agentbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run `python -m bot ARGS` with only `env` (and the basics) set."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**_base_env(), **env}, cwd=ROOT,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return process.returncode or 0, out.decode(), err.decode()
+@pytest.fixture
+def agentbot(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> InProcess:
+    """`await agentbot(*args, env=...)`: exit status, stdout and stderr of `agentbot ARGS`."""
+    return InProcess(monkeypatch, capsys, cwd=tmp_path)
 
 
 async def fill(url: str, runs: list[RunRecord]) -> None:
@@ -80,42 +69,43 @@ async def stats_db(tmp_path: Path) -> dict[str, str]:
     return {"AGENTBOT_DATABASE_URL": url}
 
 
-async def test_stats_json_numbers(stats_db):
+async def test_stats_json_numbers(stats_db, agentbot):
     code, out, err = await agentbot("stats", "--team", "T1", "--json", env=stats_db)
     assert code == 0, err
     stats = json.loads(out)
     assert stats["team_id"] == "T1" and stats["since"].endswith("Z")
-    assert stats["total"] == 5
-    assert stats["by_status"] == {"succeeded": 3, "failed": 1, "running": 1}
+    # Requests: the team run "c" counts once, its subtask "d" not at all.
+    assert stats["total"] == 4
+    assert stats["by_status"] == {"succeeded": 2, "failed": 1, "running": 1}
     assert list(stats["by_status"]) == ["succeeded", "failed", "running"]
-    assert stats["by_kind"] == {"ask": 3, "subtask": 1, "team": 1}
-    assert stats["top_users"] == [{"user_id": "U1", "runs": 3}, {"user_id": "U2", "runs": 1}]
+    assert stats["by_kind"] == {"ask": 3, "team": 1}
+    assert stats["top_users"] == [{"user_id": "U1", "runs": 2}, {"user_id": "U2", "runs": 1}]
     assert stats["users"] == 2
     assert (stats["input_tokens"], stats["output_tokens"]) == (15, 150)
     assert (stats["p50_ms"], stats["p95_ms"]) == (2000, 4000)
     days = {(NOW - timedelta(days=n)).date().isoformat(): runs for n, runs in ((2, 2), (1, 1),
-                                                                               (0, 2))}  # fmt: skip
+                                                                               (0, 1))}  # fmt: skip
     assert {d["day"]: d["runs"] for d in stats["per_day"]} == days
 
 
-async def test_stats_text_and_scopes(stats_db):
+async def test_stats_text_and_scopes(stats_db, agentbot):
     code, out, err = await agentbot("stats", env=stats_db)
     assert code == 0, err
-    assert "all workspaces: 6 by 3 people" in out
-    assert "succeeded 4 (67%) · failed 1 (17%) · running 1 (17%)" in out
-    assert "top users  U1 3 · U2 1 · U9 1" in out
-    assert "duration   p50 3.0 s · p95 9.0 s" in out
+    assert "all workspaces: 5 by 3 people" in out
+    assert "succeeded 3 (60%) · failed 1 (20%) · running 1 (20%)" in out
+    assert "top users  U1 2 · U2 1 · U9 1" in out
+    assert "duration   p50 2.0 s · p95 9.0 s" in out
     [chart] = [line for line in out.splitlines() if line.startswith("per day")]
     bars = chart.removeprefix("per day").strip().split("  (")[0]
     assert bars.endswith("█") and set(bars) <= set(" ▁▂▃▄▅▆▇█")
 
     code, out, _ = await agentbot("stats", "--since", "60d", "--json", env=stats_db)
-    assert code == 0 and json.loads(out)["total"] == 7
+    assert code == 0 and json.loads(out)["total"] == 6
     code, out, _ = await agentbot("stats", "--team", "nobody", env=stats_db)
     assert code == 0 and "workspace nobody: 0" in out
 
 
-async def test_history_team_filter(stats_db):
+async def test_history_team_filter(stats_db, agentbot):
     code, out, err = await agentbot("history", "--team", "T2", "--json", env=stats_db)
     assert code == 0, err
     assert [run["id"] for run in json.loads(out)] == ["x"]
@@ -139,9 +129,10 @@ async def export_db(tmp_path: Path) -> dict[str, str]:
     return {"AGENTBOT_DATABASE_URL": url}
 
 
-async def test_export_all_as_json_and_csv(export_db):
+async def test_export_all_as_json_and_csv(export_db, agentbot):
     code, out, err = await agentbot("history", "--all", "--json", env=export_db)
-    assert code == 0 and err == ""  # stderr is a pipe here: no progress bar
+    assert code == 0 and err.startswith("database: ")  # not a terminal: no progress bar
+    assert len(err.splitlines()) == 1
     runs = json.loads(out)
     assert [run["id"] for run in runs] == [f"r{i:05d}" for i in range(2500)]
     assert all(list(run) == list(RECORD_FIELDS) for run in runs)
@@ -161,41 +152,23 @@ async def test_export_all_as_json_and_csv(export_db):
     assert code == 0 and out == "[]\n"
 
 
-async def test_long_export_shows_progress_on_a_terminal_only(export_db):
-    primary, secondary = pty.openpty()
-    try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "history", "--all", "--csv",
-            stdout=asyncio.subprocess.PIPE, stderr=secondary,
-            env={**_base_env(), **export_db}, cwd=ROOT,
-        )  # fmt: skip
-        os.close(secondary)
-        secondary = -1
-        out, _ = await asyncio.wait_for(process.communicate(), 60)
-        terminal = _drain(primary)
-    finally:
-        os.close(primary)
-        if secondary >= 0:
-            os.close(secondary)
-    assert process.returncode == 0 and len(out.decode().splitlines()) == 2501 + 2500
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_long_export_shows_progress_on_a_terminal_only(export_db, agentbot, monkeypatch):
+    stderr = Terminal()
+    with monkeypatch.context() as patch:  # undone before capsys puts its own stderr back
+        patch.setattr(sys, "stderr", stderr)
+        code, out, _ = await agentbot("history", "--all", "--csv", env=export_db)
+    terminal = stderr.getvalue()
+    assert code == 0 and len(out.splitlines()) == 2501 + 2500
     assert "1,000/2,500 runs" in terminal and "2,500/2,500 runs" in terminal
     assert "\r[" in terminal
 
 
-def _drain(fd: int) -> str:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # the other end is closed
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
-
-
-async def test_bad_stats_input_is_one_line(tmp_path):
+async def test_bad_stats_input_is_one_line(tmp_path, agentbot):
     env = {"AGENTBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"}
     code, _, err = await agentbot("stats", "--since", "soonish", env=env)
     assert code == 2 and err.strip() == (
@@ -220,7 +193,7 @@ async def test_history_bench_smoke(tmp_path):
         sys.executable, "-m", "bench.history", "--runs", "2000", "--repeat", "2",
         "--db", str(tmp_path / "bench.db"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=_base_env(), cwd=ROOT,
+        env=base_env(), cwd=ROOT,
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, err.decode()

@@ -96,12 +96,17 @@ async def test_runs_beyond_the_cap_wait_in_line_and_are_told_their_place(start_b
     for channel in ("C1", "C2", "C3"):
         await bot.command("hello", channel_id=channel)
 
-    def shown() -> str:
-        return " ".join(all_text(m) for c in ("C1", "C2", "C3") for m in emulator.messages(c))
+    def told() -> str:
+        return " ".join(str(r.get("text")) for r in emulator.responses)
 
-    # Whichever two arrived second and third wait, and each is told its place.
-    await emulator.wait_for(lambda: "position 1" in shown() and "position 2" in shown())
+    # Whichever two arrived second and third wait, and each is told its place, privately
+    # through the command's response_url: no post slot or edit of the channel is spent.
+    await emulator.wait_for(lambda: "number 1 in line" in told() and "number 2 in line" in told())
+    assert all(r.get("response_type") == "ephemeral" for r in emulator.responses)
     assert len(script.calls) == 1, "only one run at a time reaches the model"
+    assert not any(
+        "position" in all_text(m) for c in ("C1", "C2", "C3") for m in emulator.messages(c)
+    )
     script.released.set()
     runs = await bot.wait_for_run(count=3, timeout=30)
     assert all(r.status is RunStatus.SUCCEEDED for r in runs)

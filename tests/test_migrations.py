@@ -25,6 +25,7 @@ from tests.databases import postgres_engine, sqlite_engine
 INDEXES = {
     "ix_runs_created_at_stats": [
         "created_at", "status", "kind", "user_id", "duration_ms", "input_tokens", "output_tokens",
+        "parent_id",
     ],
     "ix_runs_user_id_created_at": ["user_id", "created_at"],
     "ix_runs_channel_id_created_at": ["channel_id", "created_at"],
@@ -36,14 +37,14 @@ INDEXES = {
     "ix_runs_team_id_kind_created_at": ["team_id", "kind", "created_at"],
     "ix_runs_team_id_created_at_stats": [
         "team_id", "created_at", "status", "kind", "user_id", "duration_ms", "input_tokens",
-        "output_tokens",
+        "output_tokens", "parent_id",
     ],
     "ix_runs_parent_id": ["parent_id"],
     "ix_runs_channel_id_thread_ts": ["channel_id", "thread_ts"],
     "ix_runs_channel_id_message_ts": ["channel_id", "message_ts"],
 }  # fmt: skip
 AUDIT_INDEXES = {"ix_audit_at": ["at"], "ix_audit_team_id_at": ["team_id", "at"]}
-HEAD = "0006"
+HEAD = "0008"
 
 # An aiosqlite worker thread that outlives its event loop fails here, not as a warning.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -148,17 +149,23 @@ def test_models_have_a_column_for_every_record_field() -> None:
     assert columns == {field.name for field in dataclasses.fields(RunRecord)}
 
 
+PRAGMAS = ("journal_mode", "foreign_keys", "busy_timeout", "synchronous", "mmap_size")
+
+
 async def test_sqlite_pragmas_on_every_new_connection(tmp_path: Path) -> None:
     async with sqlite_engine(tmp_path / "agentbot.db") as engine:
         await upgrade(engine)
         await engine.dispose()  # the next connection is a new one
         async with engine.connect() as conn:
             pragmas = {
-                name: (await conn.execute(text(f"PRAGMA {name}"))).scalar_one()
-                for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+                name: (await conn.execute(text(f"PRAGMA {name}"))).scalar_one() for name in PRAGMAS
             }
-    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000,
-                       "synchronous": 1}  # fmt: skip
+            lowered = (await conn.execute(text("SELECT agentbot_lower('ÉTÉ Σ')"))).scalar_one()
+    # No WAL and no mmap: nothing of the database is memory-mapped (a mapped file that stops
+    # taking writes is a SIGBUS: tests/test_read_only_database.py).
+    assert pragmas == {"journal_mode": "delete", "foreign_keys": 1, "busy_timeout": 5000,
+                       "synchronous": 1, "mmap_size": 0}  # fmt: skip
+    assert lowered == "été σ"
 
 
 async def test_sqlite_enforces_foreign_keys(tmp_path: Path) -> None:

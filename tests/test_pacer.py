@@ -8,7 +8,16 @@ import itertools
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.metrics import Metrics
-from handlers.pacer import Budget, PacerConfig, SlackCallFailed, TokenBucket, WorkspacePacer
+from handlers.pacer import (
+    MAX_RATELIMITED,
+    Budget,
+    DeliveryTimeout,
+    PacerConfig,
+    PostWindow,
+    SlackCallFailed,
+    TokenBucket,
+    WorkspacePacer,
+)
 from tests.conftest import BOT_TOKEN
 
 
@@ -41,6 +50,21 @@ def test_token_bucket_never_lets_a_minute_hold_more_than_the_budget():
     bucket.take()
     bucket.take()
     assert bucket.wait_time() > 0, "capacity is the burst, not the idle time"
+
+
+def test_a_channels_posts_go_in_bursts_but_never_above_one_a_second_in_any_window():
+    now = [0.0]
+    window = PostWindow(Budget(per_minute=60, burst=5), lambda: now[0])
+    sent = []
+    while now[0] < 60:  # greedy for a minute
+        now[0] += window.wait_time()
+        window.take()
+        sent.append(now[0])
+    assert sent[:5] == [0.0] * 5, "a team's replies go out at once"
+    # Slack allows about one a second: no 5 s window (the emulator's) holds more than 5,
+    # and no minute more than 60. (The old token bucket let 9 through in the first 5 s.)
+    assert all(sum(1 for t in sent if start <= t < start + 5) <= 5 for start in sent)
+    assert len([t for t in sent if t < 60]) <= 60
 
 
 async def test_only_the_latest_text_is_sent_at_the_interval(emulator):
@@ -138,3 +162,109 @@ async def test_posts_to_one_channel_are_spaced(emulator):
     assert all(b - a >= 0.09 for a, b in itertools.pairwise(at))
     assert [m.text for m in emulator.messages("C1")] == ["p0", "p1", "p2", "p3"]
     await pacer.close()
+
+
+async def test_a_render_that_raises_fails_only_its_own_message(emulator):
+    pacer = make_pacer(emulator, interval=0.05)
+    good = pacer.track("C1", await post(pacer))
+    broken = pacer.track("C1", await post(pacer))
+
+    def render() -> tuple[str, list]:
+        raise ValueError("a bug in one message's render")
+
+    broken.set_rendered(render)
+    good.set("good 1", [])
+    await asyncio.wait_for(_raises(broken.wait_delivered(), SlackCallFailed), 5)
+    assert broken.error == "render_failed"
+    # The workspace's sender goes on: the other message still gets its edits and its final.
+    good.set("good 2", [])
+    await emulator.wait_for(lambda: emulator.message("C1", good.ts).text == "good 2")
+    good.set("good final", [], final=True)
+    await asyncio.wait_for(good.wait_delivered(), 5)
+    assert emulator.message("C1", good.ts).text == "good final"
+    # A message set after the failure is still sent.
+    later = pacer.track("C1", await post(pacer))
+    later.set("later final", [], final=True)
+    await asyncio.wait_for(later.wait_delivered(), 5)
+    await pacer.close()
+
+
+async def test_a_sender_that_ended_is_started_again_by_the_next_text(emulator):
+    pacer = make_pacer(emulator, interval=0.01)
+    live = pacer.track("C1", await post(pacer))
+    sender = pacer._sender
+    sender.cancel()  # however it ended, live messages must not stall
+    await asyncio.wait([sender])
+    live.set("still delivered", [], final=True)
+    await asyncio.wait_for(live.wait_delivered(), 5)
+    assert emulator.message("C1", live.ts).text == "still delivered"
+    await pacer.close()
+
+
+async def test_a_huge_retry_after_is_capped_and_freezes_nothing_beyond_the_cap(emulator):
+    pacer = make_pacer(emulator, interval=0.05, max_retry_after=0.5)
+    first = pacer.track("C1", await post(pacer))
+    other = pacer.track("C2", await post(pacer, "C2"))
+    emulator.inject("chat.update", status=429, retry_after=3600, times=1)
+    first.set("first final", [], final=True)
+    await emulator.wait_for(lambda: emulator.rate_limited["chat.update"] == 1)
+    other.set("other final", [], final=True)
+    await asyncio.wait_for(first.wait_delivered(), 5)
+    await asyncio.wait_for(other.wait_delivered(), 5)
+    limited, *after = emulator.calls_to("chat.update")
+    assert limited.status == 429 and [c.status for c in after] == [200, 200]
+    assert 0.45 <= after[0].at - limited.at < 3, "paused for the cap, not for an hour"
+    await pacer.close()
+
+
+async def test_a_message_refused_again_and_again_fails_instead_of_waiting_forever(emulator):
+    pacer = make_pacer(emulator, interval=0.01, max_retry_after=0.05)
+    live = pacer.track("C1", await post(pacer))
+    emulator.inject("chat.update", status=429, retry_after=0.05, times=None)
+    live.set("never shown", [], final=True)
+    error = await asyncio.wait_for(_raises(live.wait_delivered(), SlackCallFailed), 10)
+    assert error.error == "ratelimited"
+    assert emulator.rate_limited["chat.update"] == MAX_RATELIMITED
+    await pacer.close()
+
+
+async def test_a_post_refused_again_and_again_fails_instead_of_waiting_forever(emulator):
+    pacer = make_pacer(emulator, max_retry_after=0.05)
+    emulator.inject("chat.postMessage", status=429, retry_after=3600, times=None)
+    error = await asyncio.wait_for(_raises(post(pacer), SlackCallFailed), 10)
+    assert error.error == "ratelimited"
+    assert emulator.rate_limited["chat.postMessage"] == MAX_RATELIMITED
+    await pacer.close()
+
+
+async def test_waiting_for_a_final_is_bounded_and_the_final_still_arrives_later(emulator):
+    pacer = make_pacer(emulator, interval=0.01, max_retry_after=1.0)
+    live = pacer.track("C1", await post(pacer))
+    emulator.inject("chat.update", status=429, retry_after=3600, times=1)
+    live.set("the end", [], final=True)
+    error = await asyncio.wait_for(_raises(live.wait_delivered(timeout=0.2), DeliveryTimeout), 5)
+    assert error.error == "timeout"
+    # Nothing is dropped: once the (capped) pause is over, the final is written.
+    await emulator.wait_for(lambda: emulator.message("C1", live.ts).text == "the end", timeout=5)
+    await asyncio.wait_for(live.wait_delivered(), 5)
+    await pacer.close()
+
+
+async def test_a_post_renders_its_content_when_its_turn_comes(emulator):
+    pacer = make_pacer(emulator, post_per_channel=Budget(per_minute=600, burst=1))
+    content = {"text": "queued"}
+    first = asyncio.create_task(pacer.post("C1", text="ahead"))
+    second = asyncio.create_task(pacer.post("C1", render=lambda: (content["text"], [])))
+    content["text"] = "newer, by the time it is sent"
+    await first
+    posted = await second
+    assert emulator.message("C1", posted["ts"]).text == "newer, by the time it is sent"
+    await pacer.close()
+
+
+async def _raises(awaitable, kind: type[Exception]) -> Exception:
+    try:
+        await awaitable
+    except kind as exc:
+        return exc
+    raise AssertionError(f"expected {kind.__name__}")

@@ -30,6 +30,8 @@ async def test_openai_chat_model_streams_into_slack(start_bot, emulator, fake_op
     assert run.model == "openai-chat:gpt-test"
     # Token counts come from the provider's usage chunk, exactly.
     assert (run.input_tokens, run.output_tokens, run.requests) == (11, 7, 1)
+    assert not run.usage_estimated, "reported by the provider, not estimated"
+    assert "11 in / 7 out tokens" in str(emulator.messages("C123")[0].blocks)
     [request] = fake_openai.requests
     assert request["model"] == "gpt-test" and request["stream"] is True
     assert request["messages"][-1]["content"] == "hello provider"

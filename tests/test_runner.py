@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+import pytest
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import ModelRateLimitError
 
 from bot.errors import InputError
 from bot.memory_store import MemoryRunStore
 from bot.metrics import Metrics
-from bot.models import Progress, RunKind, RunRecord, RunStatus
+from bot.models import Progress, RunKind, RunRecord, RunStatus, utcnow
 from bot.runner import LiveRuns, Runner, RunPolicy
+from bot.saving import FinalRecords
+from storage.db import create_engine, upgrade
+from storage.repository import SqlRunStore
 from tests.scripted import ScriptedModel
 
 
@@ -189,3 +194,92 @@ async def test_a_run_that_cannot_be_recorded_still_tells_the_user():
     assert run.status is RunStatus.FAILED and "could not be recorded" in run.error
     assert sink.events[-1] == ("finish", RunStatus.FAILED)
     assert script.calls == []
+
+
+async def test_a_final_record_the_store_refuses_is_saved_again_until_it_lands():
+    store, live = MemoryRunStore(), LiveRuns()
+    save, refusals, held = store.save, 12, []
+
+    async def locked_for_a_while(run: RunRecord) -> None:
+        nonlocal refusals
+        if run.status.is_final and refusals:
+            refusals -= 1
+            held.append(run.id in live.ids())
+            raise OSError("database is locked")
+        await save(run)
+
+    store.save = locked_for_a_while
+    records = FinalRecords(store, live, backoff_base=0.001, backoff_max=0.01)
+    runner = Runner(store=store, metrics=Metrics(), live=live, records=records)
+    sink = RecordingSink()
+    run = await runner.run(
+        agent_for(ScriptedModel(["a", "b"])),
+        RunRecord(kind=RunKind.ASK, prompt="p"),
+        sink=sink,
+        policy=RunPolicy(),
+    )
+    assert run.status is RunStatus.SUCCEEDED
+    assert sink.events[-1] == ("finish", RunStatus.SUCCEEDED), "shown though not saved yet"
+    await asyncio.wait_for(records.wait_saved(), timeout=10)
+    assert refusals == 0 and len(held) == 12 and all(held), "its lease kept while refused"
+    stored = await store.get(run.id)
+    assert stored.status is RunStatus.SUCCEEDED and stored.output == "ab"
+    assert stored.slack_writes == len(sink.events)
+    assert live.ids() == [] and len(records) == 0
+
+
+async def test_a_run_settled_by_its_model_is_not_stopped_while_it_is_shown():
+    runner, store = make_runner()
+    showing, shown = asyncio.Event(), asyncio.Event()
+
+    class SlowSlack(RecordingSink):
+        async def finish(self, run: RunRecord) -> None:
+            showing.set()
+            await shown.wait()
+            await super().finish(run)
+
+    record = RunRecord(kind=RunKind.ASK, prompt="p")
+    script = ScriptedModel(["all ", "of it"])
+    task = asyncio.create_task(
+        runner.run(agent_for(script), record, sink=SlowSlack(), policy=RunPolicy())
+    )
+    await asyncio.wait_for(showing.wait(), timeout=10)
+    assert (await store.get(record.id)).status is RunStatus.SUCCEEDED, "saved before shown"
+    assert runner.live.get(record.id) is not None and runner.live.stoppable() == []
+    assert not runner.live.stop(record.id, status=RunStatus.CANCELLED, reason="too late")
+    assert runner.live.stop_all(status=RunStatus.INTERRUPTED, reason="shutdown") == 0
+    shown.set()
+    run = await task
+    assert (run.status, run.error, run.output) == (RunStatus.SUCCEEDED, None, "all of it")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_recovery_never_takes_the_runs_its_process_carries(kind, tmp_path):
+    engine = None
+    if kind == "memory":
+        store = MemoryRunStore()
+    else:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+        await upgrade(engine)
+        store = SqlRunStore(engine)
+    try:
+        long_ago = utcnow() - timedelta(minutes=5)
+        ours, theirs = (
+            RunRecord(kind=RunKind.ASK, prompt=p, status=RunStatus.RUNNING, created_at=long_ago)
+            for p in ("ours", "theirs")
+        )
+        for run in (ours, theirs):
+            await store.create(run)
+        taken = await store.mark_interrupted("gone", stale_before=utcnow(), carried=[ours.id])
+        assert [run.id for run in taken] == [theirs.id]
+        assert (await store.get(ours.id)).status is RunStatus.RUNNING
+    finally:
+        if engine is not None:
+            await engine.dispose()
+
+
+def test_final_records_back_off_within_bounds_however_long_the_outage():
+    records = FinalRecords(MemoryRunStore(), LiveRuns(), backoff_base=0.25, backoff_max=5.0)
+    assert 0.125 <= records._backoff(1) <= 0.25
+    for failures in (6, 100, 10_000):  # hours of refused saves
+        assert 2.5 <= records._backoff(failures) <= 5.0

@@ -86,6 +86,7 @@ def full_record() -> RunRecord:
         input_tokens=11,
         output_tokens=22,
         requests=3,
+        usage_estimated=True,
         created_at=datetime(2026, 3, 1, 10, 0, 0, 123456, tzinfo=UTC),
         # A different offset: it must come back as the same instant, in UTC.
         started_at=datetime(2026, 3, 1, 12, 0, 1, 654321, tzinfo=plus_two),
@@ -520,18 +521,19 @@ async def test_stats(store: RunStore) -> None:
 
     got = await store.stats(StatsQuery(team_id="T1"))
 
+    # Requests only: the team s3 counts once, its subtask s4 not at all.
     assert got == RunStats(
-        total=6,
-        by_status={RunStatus.SUCCEEDED: 3, RunStatus.CANCELLED: 1, RunStatus.FAILED: 1,
+        total=5,
+        by_status={RunStatus.SUCCEEDED: 2, RunStatus.CANCELLED: 1, RunStatus.FAILED: 1,
                    RunStatus.RUNNING: 1},
-        by_kind={RunKind.ASK: 4, RunKind.SUBTASK: 1, RunKind.TEAM: 1},
-        top_users=[("U1", 3), ("U2", 2)],
+        by_kind={RunKind.ASK: 4, RunKind.TEAM: 1},
+        top_users=[("U1", 2), ("U2", 2)],
         users=2,
         input_tokens=16,
         output_tokens=22,
         p50_ms=2000,  # durations 1000, 2000, 3000, 5000: the 2nd of 4
         p95_ms=5000,  # ceil(0.95 * 4) = the 4th
-        per_day=[DayCount(day, 3), DayCount(day + timedelta(days=1), 2),
+        per_day=[DayCount(day, 3), DayCount(day + timedelta(days=1), 1),
                  DayCount(day + timedelta(days=2), 1)],
     )  # fmt: skip
     assert list(got.by_status) == [
@@ -545,10 +547,9 @@ async def test_stats(store: RunStore) -> None:
 @pytest.mark.parametrize(
     ("query", "total", "p50", "p95", "users"),
     [
-        (StatsQuery(), 7, 3000, 9999, [("U1", 3), ("U2", 2), ("U9", 1)]),
-        (StatsQuery(team_id="T1", top_users=1), 6, 2000, 5000, [("U1", 3)]),
-        (StatsQuery(team_id="T1", since=BASE + timedelta(days=1)), 3, 5000, 5000, [("U2", 1),
-                                                                                   ("U1", 1)]),
+        (StatsQuery(), 6, 3000, 9999, [("U1", 2), ("U2", 2), ("U9", 1)]),
+        (StatsQuery(team_id="T1", top_users=1), 5, 2000, 5000, [("U1", 2)]),
+        (StatsQuery(team_id="T1", since=BASE + timedelta(days=1)), 2, 5000, 5000, [("U2", 1)]),
         (StatsQuery(team_id="T1", until=BASE + timedelta(hours=1)), 1, 1000, 1000, [("U1", 1)]),
         (StatsQuery(team_id="T2"), 1, 9999, 9999, [("U9", 1)]),
     ],

@@ -3,6 +3,7 @@ expiry and the fall back to chat.update, failure notices, and a real run through
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable
 
@@ -33,9 +34,11 @@ class Notes:
 
     def __init__(self) -> None:
         self.said: list[str] = []
+        self.told = asyncio.Event()
 
     async def __call__(self, text: str) -> None:
         self.said.append(text)
+        self.told.set()
 
 
 def make_pacer(emulator: SlackEmulator, **config) -> WorkspacePacer:
@@ -564,4 +567,84 @@ async def test_a_run_stopped_before_its_first_message_finishes_without_one(emula
     )
     await sink.finish(ended(make_run(), "", RunStatus.CANCELLED, "Stopped by <@U123>"))
     assert [c.method for c in emulator.calls] == [] and sink.writes == 0
+    await pacer.close()
+
+
+# -- a busy channel: the first write waits for its turn, the model does not ----------------
+
+
+async def test_a_stream_whose_turn_has_not_come_does_not_hold_the_run_back(emulator):
+    # One chat.startStream a minute: the second stream's turn is a minute away.
+    pacer = make_pacer(emulator, chat_start_stream=Budget(per_minute=1, burst=1))
+    first, second = make_sink(emulator, pacer), make_sink(emulator, pacer, heading="Writer")
+    await first.start(make_run())
+    run = make_run()
+    await second.start(run)  # returns at once: no turn yet
+    assert len(emulator.calls_to("chat.startStream")) == 1 and run.message_ts is None
+    second.progress("an answer written ", progress(3))  # held until it can be shown
+    paragraph = "A line of a very long answer, with some words in it.\n"
+    answer = paragraph * 300  # more than one message holds
+    await second.finish(ended(run, answer))
+    # Finished before its turn: the end is posted whole, one reply plus continuations.
+    assert len(emulator.calls_to("chat.startStream")) == 1
+    replies = [m for m in emulator.thread(CHANNEL, run.thread_ts)[1:] if m.ts != first._ts]
+    assert replies[0].ts == run.message_ts and len(replies) >= 2
+    assert "".join(markdown_of(m) for m in replies) == answer
+    assert "Writer" in block_texts(replies[0])
+    assert second.writes == len(replies) == len(emulator.calls_to("chat.postMessage"))
+    await pacer.close()
+
+
+async def test_a_stream_refused_after_its_turn_came_fails_the_run_through_progress(emulator):
+    pacer = make_pacer(emulator, chat_start_stream=Budget(per_minute=600, burst=1))
+    await make_sink(emulator, pacer).start(make_run())  # takes the burst
+    emulator.not_in_channels.add(CHANNEL)
+    notes = Notes()
+    sink = make_sink(emulator, pacer, notify=notes)
+    run = make_run()
+    await sink.start(run)  # the turn is 0.1 s away: returns before Slack answers
+    await asyncio.wait_for(notes.told.wait(), 5)
+    assert notes.said == [NOT_IN_CHANNEL]
+    with pytest.raises(InputError, match="not in channel"):
+        sink.progress("text the model wrote meanwhile", progress(5))
+    await sink.finish(ended(run, "text", RunStatus.FAILED, "not in channel"))  # no raise again
+    assert run.message_ts is None
+    await pacer.close()
+
+
+async def test_an_edit_sink_posts_the_text_so_far_when_its_turn_comes(emulator):
+    pacer = make_pacer(emulator, interval=0.05, post_per_channel=Budget(per_minute=60, burst=1))
+    ahead = asyncio.create_task(pacer.post(CHANNEL, text="a message ahead in the channel"))
+    sink = SlackEditSink(pacer, channel=CHANNEL, notify=Notes())
+    run = make_run()
+    await sink.start(run)
+    sink.progress("the text so far", progress(4))
+    await ahead
+
+    def posted() -> bool:
+        return any(markdown_of(m) == "the text so far" for m in emulator.messages(CHANNEL))
+
+    await emulator.wait_for(posted, timeout=5)
+    [message] = [m for m in emulator.messages(CHANNEL) if "ahead" not in m.text]
+    assert message.edits == 0, "the post itself carried the text, no edit was spent"
+    sink.progress("the text so far and more", progress(6))
+    await sink.finish(ended(run, "the text so far and more, the end"))
+    assert message.ts == run.message_ts
+    assert markdown_of(message) == "the text so far and more, the end"
+    await pacer.close()
+
+
+async def test_an_edit_sink_refused_after_the_run_ended_raises_from_finish(emulator):
+    pacer = make_pacer(emulator, post_per_channel=Budget(per_minute=600, burst=1))
+    emulator.not_in_channels.add("C9")
+    ahead = asyncio.create_task(pacer.post("C9", text="ahead"))  # refused, and takes the turn
+    notes = Notes()
+    sink = SlackEditSink(pacer, channel="C9", notify=notes)
+    run = make_run(channel_id="C9")
+    await sink.start(run)
+    with pytest.raises(Exception, match="not_in_channel"):
+        await ahead
+    with pytest.raises(InputError, match="not in channel"):
+        await sink.finish(ended(run, "an answer nobody will see"))
+    assert notes.said == [NOT_IN_CHANNEL] and run.message_ts is None
     await pacer.close()

@@ -13,10 +13,12 @@ from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models import Model
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
+from bot.config import AppConfig, TeamSpec
 from bot.demo import last_prompt
 from bot.models import RunKind, RunQuery, RunStatus
 from handlers import untrusted
 from handlers.render import STOP_ACTION_ID
+from tests.holds import hold_calls, is_final_edit
 from tests.test_ask import all_text, answer_text
 
 
@@ -275,3 +277,92 @@ async def test_team_in_native_streaming_mode_streams_each_reply(start_bot, emula
     for child in children:
         reply = emulator.message("C123", child.message_ts)
         assert child.output in reply.text and not reply.streaming
+
+
+async def test_stop_ends_every_subtask_of_a_team_those_waiting_for_a_place_too(start_bot, emulator):
+    crew = Crew(plan=PLAN[:2], hang=True)
+    one_at_a_time = AppConfig(teams={"default": TeamSpec(concurrency=1)})
+    bot = await start_bot(crew.factory, config=one_at_a_time)
+    await bot.command("plan our beta launch", command="/team")
+    await emulator.wait_for(lambda: len(emulator.calls_to("chat.postMessage")) == 2)  # parent + 1
+    await emulator.wait_for(lambda: "researcher" in crew.prompts)
+    parent_message = emulator.messages("C123")[0]
+    await emulator.send_block_action(
+        bot.url,
+        action_id=STOP_ACTION_ID,
+        value=_stop_value(parent_message),
+        message_ts=parent_message.ts,
+    )
+    [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=20)
+    assert parent.status is RunStatus.CANCELLED
+    assert "analyst" not in crew.prompts, "the subtask waiting for a place never started"
+    children = await bot.store.children(parent.id)
+    assert [(c.agent, c.status) for c in children] == [
+        ("researcher", RunStatus.CANCELLED),
+        ("analyst", RunStatus.CANCELLED),
+    ]
+    assert all("Stopped by <@U123>" in c.error for c in children)
+    assert len(emulator.thread("C123", parent_message.ts)) == 2, "no reply for the unstarted one"
+    assert all_text(emulator.messages("C123")[0]).count("⏹️") >= 2
+    assert len(bot.service.parts.runner.live) == 0
+
+
+async def test_stop_pressed_while_a_team_shows_its_end_changes_nothing(
+    start_bot, emulator, monkeypatch
+):
+    def parent_final_edit(args) -> bool:
+        messages = emulator.messages("C123")
+        return bool(messages) and args.get("ts") == messages[0].ts and is_final_edit(args)
+
+    board_close = hold_calls(emulator, monkeypatch, "chat.update", when=parent_final_edit)
+    crew = Crew(plan=PLAN[:2])
+    bot = await start_bot(crew.factory)
+    await bot.command("plan our beta launch", command="/team")
+    await board_close.wait_held(timeout=30)
+    parent_message = emulator.messages("C123")[0]
+    await emulator.send_block_action(
+        bot.url,
+        action_id=STOP_ACTION_ID,
+        value=_stop_value(parent_message),
+        message_ts=parent_message.ts,
+    )
+    await emulator.wait_for(lambda: len(emulator.responses) == 1)
+    assert "already finished" in emulator.responses[0]["text"]
+    [parent] = await bot.runs(kind=RunKind.TEAM)
+    assert parent.status is RunStatus.SUCCEEDED, "saved before Slack shows it"
+    board_close.release()
+
+    [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=20)
+    assert parent.status is RunStatus.SUCCEEDED and parent.error is None
+    assert parent.output == "synthesis of everything" and parent.slack_writes > 0
+    board = all_text(emulator.messages("C123")[0])
+    assert "done" in board and "stopped" not in board
+
+
+async def test_stop_pressed_while_the_synthesis_is_shown_changes_nothing(
+    start_bot, emulator, monkeypatch
+):
+    def synthesis_final_edit(args) -> bool:
+        return is_final_edit(args) and "synthesis of everything" in json.dumps(args)
+
+    synthesis_end = hold_calls(emulator, monkeypatch, "chat.update", when=synthesis_final_edit)
+    crew = Crew(plan=PLAN[:2])
+    bot = await start_bot(crew.factory)
+    await bot.command("plan our beta launch", command="/team")
+    await synthesis_end.wait_held(timeout=30)
+    parent_message = emulator.messages("C123")[0]
+    await emulator.send_block_action(
+        bot.url,
+        action_id=STOP_ACTION_ID,
+        value=_stop_value(parent_message),
+        message_ts=parent_message.ts,
+    )
+    await emulator.wait_for(lambda: len(emulator.responses) == 1)
+    assert "already finished" in emulator.responses[0]["text"]
+    synthesis_end.release()
+
+    [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=20)
+    assert parent.status is RunStatus.SUCCEEDED and parent.error is None
+    children = await bot.store.children(parent.id)
+    assert [c.status for c in children] == [RunStatus.SUCCEEDED] * 3
+    assert parent.output == children[-1].output == "synthesis of everything"
