@@ -12,8 +12,8 @@ per workspace decides which message to refresh next (docs/ARCHITECTURE.md §5):
 `chat.postMessage` is paced separately, about one a second per channel; a post may carry a
 render function, so that a post queued behind others shows the text of when it is sent.
 
-Every wait is bounded (DESIGN.md §5): `Retry-After` is capped, a message or a post refused
-with 429 `MAX_RATELIMITED` times in a row fails ("ratelimited"), and `wait_delivered`
+Every wait is bounded (docs/ARCHITECTURE.md §8): `Retry-After` is capped, a message or a post
+refused with 429 `MAX_RATELIMITED` times in a row fails ("ratelimited"), and `wait_delivered`
 returns by `delivery_timeout` (the final stays queued: a later write still shows it). One
 message whose content cannot be made fails alone; the workspace's sender goes on.
 """
