@@ -16,6 +16,7 @@ from bot.models import (
     AuditEntry,
     AuditQuery,
     DayCount,
+    RunCursor,
     RunQuery,
     RunRecord,
     RunStats,
@@ -123,6 +124,21 @@ class MemoryRunStore:
         if not found:
             return None
         return _copy(max(found, key=lambda run: (run.created_at, run.id)))
+
+    async def conversation_page(
+        self, channel_id: str, ts: str | None, *, before: RunCursor, limit: int
+    ) -> list[RunRecord]:
+        """At most `limit` runs in `channel_id` strictly older than `before`, newest first,
+        with their messages: those whose message or thread is `ts`, or all when it is None."""
+        found = [
+            run
+            for run in self._runs.values()
+            if run.channel_id == channel_id
+            and (ts is None or ts in (run.message_ts, run.thread_ts))
+            and (run.created_at, run.id) < (before.created_at, before.id)
+        ]
+        found.sort(key=lambda run: (run.created_at, run.id), reverse=True)
+        return [_copy(run) for run in found[:limit]]
 
     async def children(self, parent_id: str) -> list[RunRecord]:
         """The runs whose parent is `parent_id`, oldest first."""

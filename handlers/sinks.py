@@ -25,6 +25,9 @@ Notify = Callable[[str], Awaitable[None]]
 """Tells the requesting user something privately (an ephemeral reply)."""
 
 NOT_IN_CHANNEL = "I'm not in this channel yet: invite me with `/invite @agentbot`, then try again."
+PLACE_NOTICE_AFTER = 2.0
+"""Seconds in line after which a user is told their place: a short wait needs no notice,
+and a burst of commands is acknowledged before any notice is sent."""
 
 
 async def post_first_message(
@@ -80,17 +83,21 @@ class SlackEditSink:
         thread_ts: str | None = None,
         heading: str | None = None,
         tell_place: Notify | None = None,
+        place_notice_after: float = PLACE_NOTICE_AFTER,
     ) -> None:
         """`thread_ts` makes the message a reply in that thread; `heading` replaces the
         default first line of the message; `tell_place` tells a user waiting in line their
-        place privately, once (a slash command's `response_url`, which spends no channel
-        budget); without it the message shows the place."""
+        place privately, once, when they have waited `place_notice_after` seconds (through
+        a slash command's `response_url`, which spends no channel budget); without it the
+        message shows the place."""
         self._pacer = pacer
         self._channel = channel
         self._notify = notify
         self._thread_ts = thread_ts
         self._heading = heading
         self._tell_place = tell_place
+        self._place_notice_after = place_notice_after
+        self._place = 0
         self._posts = 0
         self._live: LiveMessage | None = None
         self._run: RunRecord | None = None
@@ -118,9 +125,9 @@ class SlackEditSink:
         if self._run is None:
             return
         if self._tell_place is not None:
+            self._place = position
             if self._telling is None:  # once: a response_url takes a few uses only
-                text = f"⏳ agentbot is busy: you are number {position} in line, starting soon."
-                self._telling = asyncio.create_task(self._tell(text), name="tell-place")
+                self._telling = asyncio.create_task(self._tell(), name=f"tell-place-{self._run.id}")
             return
         self._queued = position
         self._changed()
@@ -213,8 +220,13 @@ class SlackEditSink:
         if refused is not None:
             raise refused
 
-    async def _tell(self, text: str) -> None:
-        assert self._tell_place is not None
+    async def _tell(self) -> None:
+        """After `PLACE_NOTICE_AFTER` seconds still in line, tell the user their place."""
+        assert self._tell_place is not None and self._run is not None
+        await asyncio.sleep(self._place_notice_after)
+        if self._run.started_at is not None or self._progress is not None:
+            return  # its turn came first
+        text = f"⏳ agentbot is busy: you are number {self._place} in line, starting soon."
         try:
             await self._tell_place(text)
         except Exception as exc:  # only a courtesy: the run goes on

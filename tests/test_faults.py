@@ -168,9 +168,13 @@ async def test_a_database_locked_past_the_lease_age_and_the_busy_timeout_loses_n
     bot = await start_bot(script.model(), service_options=FAST_LEASES)
     await bot.command("hello")
     run_id, message_ts = await _live_run(bot, emulator)
-    locker = sqlite3.connect(tmp_path / "agentbot.db", isolation_level=None)
+    locker = sqlite3.connect(
+        tmp_path / "agentbot.db", isolation_level=None, check_same_thread=False
+    )
     try:
-        locker.execute("BEGIN IMMEDIATE")
+        # Taken off the loop, so that a write of the bot's under way (a checkpoint) can
+        # commit first instead of deadlocking with it.
+        await asyncio.to_thread(locker.execute, "BEGIN IMMEDIATE")
         script.released.set()
         # Shown while locked: the final save was tried (and refused) first, then delivered.
         await emulator.wait_for(
