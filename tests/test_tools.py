@@ -589,8 +589,8 @@ async def test_mcp_servers_are_shared_across_runs_and_restarted_when_dead() -> N
         assert dead.content == "the MCP server had stopped and was restarted: call the tool again"
         assert fresh.outcome == "success"
         assert fresh.content != first[0].content
-        assert servers.problems() == {}
-    assert servers.problems() == {"calc": "not started"}
+        assert await servers.problems() == {}
+    assert await servers.problems() == {"calc": "not started"}
 
 
 async def test_an_mcp_command_that_does_not_exist_is_a_config_error_at_once() -> None:
@@ -611,7 +611,7 @@ async def test_an_mcp_server_that_never_answers_is_a_config_error_within_its_tim
     with pytest.raises(ConfigError, match=r"MCP server 'mute' .* did not start within 0.5 s"):
         await servers.start()
     assert time.monotonic() - started < 5
-    assert set(servers.problems()) == {"mute", "calc"}  # the others were stopped
+    assert set(await servers.problems()) == {"mute", "calc"}  # the others were stopped
 
 
 async def test_an_unreachable_mcp_url_is_a_config_error() -> None:
