@@ -205,8 +205,10 @@ class _Server:
         return None
 
     def _restart_soon(self, restart: Coroutine[Any, Any, object]) -> None:
-        if self._restarting is not None and not self._restarting.done():
-            restart.close()  # one restart at a time
+        # One restart at a time, and none once stopping: a check in flight at shutdown
+        # must not start a server again.
+        if self._stopping or (self._restarting is not None and not self._restarting.done()):
+            restart.close()
             return
         self._restarting = asyncio.create_task(restart, name=f"mcp-{self.name}-restart")
 

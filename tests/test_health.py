@@ -115,3 +115,20 @@ async def test_an_mcp_server_that_cannot_restart_is_reported_and_tried_again(tmp
         await until(reason, lambda why: why is None)
         [second] = mcp_server_pids()
         assert second != first
+
+
+async def test_a_health_check_in_flight_at_shutdown_starts_nothing_again():
+    servers = McpServers({"calc": McpServerSpec(command=sys.executable, args=[MCP_SERVER])})
+    await servers.start()
+    try:
+        check = asyncio.create_task(servers.problems())
+        await asyncio.sleep(0)  # the check has sent its request
+        await servers.stop()
+        await check
+        left = [task for task in asyncio.all_tasks() if task.get_name().startswith("mcp-")]
+        if left:
+            await asyncio.wait(left, timeout=10)
+        assert all(task.done() for task in left), "a server was started again after stop()"
+        assert mcp_server_pids() == [] and await servers.problems() == {"calc": "not started"}
+    finally:
+        await servers.stop()
