@@ -13,6 +13,7 @@ from pydantic_ai.toolsets import AbstractToolset
 from bot.config import AgentSpec, AppConfig, Settings
 from bot.demo import DEMO_SPEEDS, TIME_TOOL, demo_model
 from bot.errors import ConfigError
+from bot.history import history_budget
 from bot.mcp import McpServers
 from bot.text import one_line
 from bot.tools import ToolDeps, tool_guard, toolset_for
@@ -98,7 +99,10 @@ class AgentRegistry:
                 name=name,
                 deps_type=ToolDeps,
                 toolsets=toolsets,
-                capabilities=[tool_guard()] if toolsets else [],
+                capabilities=[
+                    *([tool_guard()] if toolsets else []),
+                    history_budget(spec.history_budget),
+                ],
             )
         except UserError as exc:
             source = f"agents.{name}.model" if spec.model else "AGENTBOT_MODEL"

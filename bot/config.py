@@ -131,6 +131,9 @@ class AgentSpec(BaseModel):
     retries: int = Field(default=2, ge=0, le=10)
     token_budget: int | None = Field(default=None, ge=1)
     """Most tokens (in and out) one run may use; the run fails when it would use more."""
+    history_budget: int = Field(default=8000, ge=1)
+    """Most tokens of a conversation (about four characters a token) that one model request
+    sends: the oldest turns are left out first; the newest turn is always sent."""
     tools: list[str] = Field(default_factory=list)
     """Built-in tools: fetch_url, read_thread, current_time."""
     mcp_servers: list[str] = Field(default_factory=list)

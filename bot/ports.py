@@ -15,6 +15,7 @@ from bot.models import (
     AuditEntry,
     AuditQuery,
     Progress,
+    RunCursor,
     RunQuery,
     RunRecord,
     RunStats,
@@ -110,6 +111,13 @@ class RunStore(Protocol):
 
     async def find_by_message(self, channel_id: str, ts: str) -> RunRecord | None:
         """The latest run in `channel_id` whose message or thread is `ts`, with its messages."""
+        ...
+
+    async def conversation_page(
+        self, channel_id: str, ts: str | None, *, before: RunCursor, limit: int
+    ) -> list[RunRecord]:
+        """At most `limit` runs in `channel_id` strictly older than `before`, newest first,
+        with their messages: those whose message or thread is `ts`, or all when it is None."""
         ...
 
     async def mark_interrupted(

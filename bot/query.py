@@ -251,7 +251,9 @@ def _limit(value: str, max_limit: int) -> int:
 
 
 def clean_words(text: str) -> str:
-    """Search words without the characters a database cannot bind (NUL, lone surrogates)."""
+    """Search words without the characters a database cannot bind (NUL, lone surrogates).
+    Dropped, not replaced as `bot.text.clean_text` does: a stray half of a pair must not
+    stop the rest of the words from matching."""
     return _UNBINDABLE.sub("", text)
 
 

@@ -18,9 +18,6 @@ from pydantic_ai.exceptions import (
     ModelAPIError,
     ModelConnectionError,
     ModelHTTPError,
-    ModelRateLimitError,
-    ModelServerError,
-    ModelUnavailableError,
     UsageLimitExceeded,
     UserError,
 )
@@ -35,6 +32,7 @@ from bot.live import LiveRun, LiveRuns
 from bot.metrics import Metrics
 from bot.models import Progress, RunRecord, RunStatus, utcnow
 from bot.ports import RunStore, Sink
+from bot.retries import SDK_RETRIES_OFF, TransientRetries
 from bot.saving import Checkpoints, FinalRecords
 from bot.text import clean_strings, clean_text, preview
 from bot.tools import ThreadReader, ToolDeps, ToolLimits
@@ -42,12 +40,6 @@ from bot.tools import ThreadReader, ToolDeps, ToolLimits
 log = logging.getLogger(__name__)
 
 CREATE_TRIES = 4
-TRANSIENT_ERRORS = (
-    ModelRateLimitError,
-    ModelUnavailableError,
-    ModelServerError,
-    ModelConnectionError,
-)
 # Seconds a run waits for its final record's first save before delivering its end anyway
 # (the save goes on being retried): a database outage delays the answer a little, never
 # loses it. SQLite's busy timeout is as long, so a lock shorter than that still saves first.
@@ -56,7 +48,7 @@ FINAL_SAVE_WAIT = 5.0
 
 @dataclass(frozen=True)
 class RunPolicy:
-    """Time limits and retries for one run."""
+    """Time limits and retries for one run (`retries`: per model request, see bot/retries.py)."""
 
     idle_timeout: float = 60.0
     total_timeout: float = 600.0
@@ -163,7 +155,7 @@ class Runner:
                 run.status = RunStatus.RUNNING
                 run.started_at = utcnow()
                 checkpoints.now(run)  # recorded running now, not at the first checkpoint
-                await self._stream_with_retries(agent, run, sink, policy, history, checkpoints)
+                await self._stream(agent, run, sink, policy, history, checkpoints)
                 live.settle()  # the model is done: the answer stands whatever is clicked now
                 run.status = RunStatus.SUCCEEDED
         except asyncio.CancelledError:
@@ -222,29 +214,6 @@ class Runner:
                 log.exception("run %s: could not show the final state", run.id)
         run.slack_writes = sink.writes
 
-    async def _stream_with_retries(
-        self,
-        agent: Agent[ToolDeps, str],
-        run: RunRecord,
-        sink: Sink,
-        policy: RunPolicy,
-        history: Sequence[ModelMessage] | None,
-        checkpoints: Checkpoints,
-    ) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._stream(agent, run, sink, policy, history, checkpoints)
-                return
-            except TRANSIENT_ERRORS as exc:
-                # Once text is visible a retry would rewrite it; keep the partial answer instead.
-                if run.output or attempt >= policy.retries:
-                    raise
-                attempt += 1
-                delay = max(policy.backoff(attempt), exc.retry_after or 0.0)
-                log.info("run %s: %s; retry %d in %.2fs", run.id, exc, attempt, delay)
-                await asyncio.sleep(delay)
-
     async def _stream(
         self,
         agent: Agent[ToolDeps, str],
@@ -278,6 +247,9 @@ class Runner:
                     message_history=history,
                     deps=deps,
                     usage_limits=limits.usage_limits(total_tokens_limit=policy.token_budget),
+                    # One retry policy, per model request: ours (bot/retries.py), not the SDK's.
+                    model_settings=SDK_RETRIES_OFF,
+                    capabilities=[TransientRetries(retries=policy.retries, backoff=policy.backoff)],
                 ) as events,
             ):
                 try:
@@ -305,7 +277,8 @@ class Runner:
                     with contextlib.suppress(UserError):  # no usage if the run never started
                         _copy_usage(events.usage, run, history)
                     run.tool_calls = [summary(record) for record in activity.records] or None
-                run.messages_json = messages_json(events.result.all_messages())
+                # Only this turn: a conversation joins the turns of its runs (handlers/events.py).
+                run.messages_json = messages_json(events.result.new_messages())
         except TimeoutError as exc:
             if total.expired():
                 limit = f"the model did not finish within {policy.total_timeout:g} s"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from http import HTTPStatus
 
+import aiohttp
 from aiohttp import web
 from pydantic_ai.models import Model
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
@@ -49,6 +50,8 @@ FINAL_WRITE_GRACE = 15.0
 # that a lone process restarting after a crash marks its old runs interrupted within
 # seconds (`Service.recover_later`).
 LEASE_STALE_AFTER = 10.0
+# slack_sdk applies its own 30 s timeout only to the sessions it makes; ours carries it instead.
+SLACK_CALL_TIMEOUT = 30.0
 
 
 @dataclass
@@ -66,6 +69,14 @@ class Parts:
     bolt: AsyncApp
     background: BackgroundTasks
     mcp: McpServers
+    http: aiohttp.ClientSession  # every Slack Web API call goes through it, kept alive
+
+    async def close(self) -> None:
+        """Release what `build_parts` opened: the pacer, MCP servers, connections, database."""
+        await self.pacer.close()
+        await self.mcp.stop()
+        await self.http.close()
+        await self.engine.dispose()
 
 
 async def build_parts(
@@ -85,8 +96,16 @@ async def build_parts(
         raise
     store = SqlRunStore(engine)
     metrics = Metrics()
+    # One session per process: without it slack_sdk opens (and closes) a connection per call.
+    # Bolt's per-request clients copy `session` from this client, so they share it too.
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SLACK_CALL_TIMEOUT))
     # No rate-limit retry handler: the pacer owns 429s.
-    client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    client = AsyncWebClient(
+        token=settings.slack_bot_token,
+        base_url=settings.slack_api_url,
+        session=http,
+        timeout=int(SLACK_CALL_TIMEOUT),
+    )
     pacer = Pacer(
         client,
         config=PacerConfig(
@@ -127,10 +146,11 @@ async def build_parts(
     try:
         await mcp.start()  # a server that cannot start is a ConfigError: one line, exit 2
     except BaseException:
+        await http.close()
         await engine.dispose()
         raise
     return Parts(
-        settings, engine, store, metrics, client, pacer, runner, agents, bolt, background, mcp
+        settings, engine, store, metrics, client, pacer, runner, agents, bolt, background, mcp, http
     )
 
 
@@ -292,9 +312,7 @@ class Service:
                 await asyncio.wait([task])
         if self._web is not None:
             await self._web.cleanup()
-        await self.parts.pacer.close()
-        await self.parts.mcp.stop()
-        await self.parts.engine.dispose()
+        await self.parts.close()
 
     async def _slack_events(self, request: web.Request) -> web.Response:
         if self._draining:

@@ -1,9 +1,10 @@
 """Conversations: `@agentbot …` in a channel, direct messages, and replies in the thread of a
 bot answer, which continue that conversation with the same agent and the earlier turns.
 
-The earlier turns come from storage (the pydantic-ai messages of the thread's latest run),
-never from re-reading Slack. Each Slack `event_id` is handled once, even when Slack retries
-it to another process sharing the database: the store decides which delivery is the first.
+The earlier turns come from storage, never from re-reading Slack: each run stores only its
+new pydantic-ai messages, and a follow-up joins those of the runs before it. Each Slack
+`event_id` is handled once, even when Slack retries it to another process sharing the
+database: the store decides which delivery is the first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
-from bot.models import RunKind, RunQuery, RunRecord
+from bot.history import estimate_message_tokens, join_turns, stored_whole
+from bot.models import RunCursor, RunKind, RunQuery, RunRecord
 from bot.team import policy_for
 from handlers.commands import record_refusal, screen
 from handlers.incoming import clean_request_text
@@ -38,6 +40,10 @@ IGNORED_SUBTYPES = frozenset(
     {"message_changed", "message_deleted", "bot_message", "channel_join", "channel_leave"}
 )
 _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
+# Runs that continue a conversation; any other kind (a command's run) starts one.
+CONVERSATION_KINDS = frozenset({RunKind.MENTION, RunKind.FOLLOWUP})
+MAX_CHAIN = 200  # most runs read back to rebuild one conversation's history
+PAGE = 16  # runs read at once while walking back a conversation
 
 
 class SeenEvents:
@@ -183,7 +189,7 @@ async def _converse(
         await record_refusal(deps, run, refusal)
         deps.background.spawn(notify(refusal.text), name=f"refusal-{run.id}")
         return
-    history = _history(earlier)
+    history = await _conversation(deps, earlier, budget=built.spec.history_budget)
     # Native streaming replies in a thread; a DM's top-level answer is an edited message.
     if thread_ts is not None:
         sink = deps.reply_sink(pacer, channel=channel, thread_ts=thread_ts, notify=notify)
@@ -206,11 +212,59 @@ async def _earlier_run(deps: BotDeps, channel: str, thread_ts: str | None) -> Ru
     return None
 
 
-def _history(run: RunRecord | None) -> list[ModelMessage] | None:
-    if run is None or not run.messages_json:
-        return None
+async def _conversation(
+    deps: BotDeps, latest: RunRecord | None, *, budget: int
+) -> list[ModelMessage] | None:
+    """The conversation that ends with `latest`: each run stores only its new messages, so the
+    history is joined from the chain of runs each one continued, newest first, until it holds
+    more than `budget` tokens (the agent trims the rest) or reaches a run that began it.
+
+    A run continued the one `_earlier_run` found then: the same lookup among older runs, read
+    a page at a time. A run without messages (failed, refused, still running) adds nothing but
+    does not break the chain."""
+    segments: list[list[ModelMessage]] = []
+    tokens = 0
+    page: list[RunRecord] = []  # older runs found by `page_key`'s lookup, newest first
+    page_key: tuple[str, str | None] | None = None
+    run = latest
+    for _ in range(MAX_CHAIN):
+        if run is None:
+            break
+        messages = _messages(run)
+        if messages:
+            if segments and stored_whole(segments[-1], older=messages):
+                break  # the newer run holds this one's messages already
+            segments.append(messages)
+            tokens += sum(estimate_message_tokens(m) for m in messages)
+            if tokens > budget:
+                break
+        key = _lookup_key(run)
+        if key is None:
+            break
+        if key != page_key or not page:
+            channel, ts = key
+            page_key = key
+            cursor = RunCursor.after(run)
+            page = await deps.store.conversation_page(channel, ts, before=cursor, limit=PAGE)
+        run = page.pop(0) if page else None
+    return join_turns(segments) or None
+
+
+def _lookup_key(run: RunRecord) -> tuple[str, str | None] | None:
+    """How `_earlier_run` found the run `run` continued: (channel, thread) or, in a DM without
+    thread, (channel, None); None for a run that began its conversation."""
+    if run.kind not in CONVERSATION_KINDS or run.channel_id is None:
+        return None  # a command's run starts its conversation
+    if run.thread_ts is not None:
+        return run.channel_id, run.thread_ts
+    return (run.channel_id, None) if run.channel_id.startswith("D") else None
+
+
+def _messages(run: RunRecord) -> list[ModelMessage]:
+    if not run.messages_json:
+        return []
     try:
         return ModelMessagesTypeAdapter.validate_json(run.messages_json)
     except ValueError:
-        log.warning("run %s: stored messages unreadable; starting afresh", run.id)
-        return None
+        log.warning("run %s: stored messages unreadable; left out of the conversation", run.id)
+        return []

@@ -16,6 +16,7 @@ from sqlalchemy.orm import defer
 from bot.models import (
     AuditEntry,
     AuditQuery,
+    RunCursor,
     RunQuery,
     RunRecord,
     RunStats,
@@ -167,6 +168,18 @@ class SqlRunStore:
         async with self._sessions() as session:
             row = (await session.scalars(stmt)).first()
             return record_from_row(row) if row is not None else None
+
+    async def conversation_page(
+        self, channel_id: str, ts: str | None, *, before: RunCursor, limit: int
+    ) -> list[RunRecord]:
+        """At most `limit` runs in `channel_id` strictly older than `before`, newest first,
+        with their messages: those whose message or thread is `ts`, or all when it is None."""
+        stmt = select(RunRow).where(*run_conditions(RunQuery(channel_id=channel_id, before=before)))
+        if ts is not None:
+            stmt = stmt.where(or_(RunRow.message_ts == ts, RunRow.thread_ts == ts))
+        stmt = stmt.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)
+        async with self._sessions() as session:
+            return [record_from_row(row) for row in (await session.scalars(stmt)).all()]
 
     async def children(self, parent_id: str) -> list[RunRecord]:
         """The runs whose parent is `parent_id`, oldest first."""

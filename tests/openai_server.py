@@ -19,7 +19,10 @@ class FakeOpenAI:
     prompt_tokens: int = 11
     completion_tokens: int = 7
     fail_status: int | None = None
+    fail_first: int | None = None  # how many requests get `fail_status`; None: every one
+    retry_after: str | None = None  # a `Retry-After` header sent with each failure
     requests: list[dict[str, Any]] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() of each request
     _runner: web.AppRunner | None = None
     port: int = 0
 
@@ -43,10 +46,13 @@ class FakeOpenAI:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
-        if self.fail_status is not None:
+        self.arrived.append(time.monotonic())
+        failing = self.fail_first is None or len(self.requests) <= self.fail_first
+        if self.fail_status is not None and failing:
             return web.json_response(
                 {"error": {"message": "scripted failure", "type": "server_error", "code": None}},
                 status=self.fail_status,
+                headers={"Retry-After": self.retry_after} if self.retry_after else None,
             )
         assert body.get("stream") is True, "agentbot streams every answer"
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -52,7 +52,7 @@ async def test_restart_marks_crashed_runs_interrupted_and_says_so_in_slack(emula
     crashed = _crashed_run(posted["ts"], created_at=utcnow() - timedelta(minutes=1))
     await first.store.create(crashed)
     await first.store.renew_leases([crashed.id], now=crashed.created_at)
-    await first.engine.dispose()
+    await first.close()
 
     service = Service(await build_parts(settings, AppConfig(), model=ScriptedModel(["x"]).model()))
     await service.start(host="127.0.0.1", port=0)
@@ -77,7 +77,7 @@ async def test_a_run_that_crashed_just_before_the_restart_is_recovered_a_stale_a
     crashed = _crashed_run(posted["ts"])
     await first.store.create(crashed)
     await first.store.renew_leases([crashed.id])
-    await first.engine.dispose()
+    await first.close()
 
     parts = await build_parts(settings, AppConfig(), model=ScriptedModel(["x"]).model())
     service = Service(parts, lease_stale_after=1.0, lease_renew_every=0.1, poll_interval=0.05)

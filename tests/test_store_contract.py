@@ -399,6 +399,24 @@ async def test_find_by_message(store: RunStore) -> None:
     assert await store.find_by_message("C3", "100.1") is None
 
 
+async def test_conversation_page(store: RunStore) -> None:
+    root = run("root", 0, channel_id="D1", message_ts="100.1", messages_json=b'["one"]')
+    dm = run("dm", 1, kind=RunKind.MENTION, channel_id="D1", message_ts="100.3")
+    reply = run("reply", 2, kind=RunKind.FOLLOWUP, channel_id="D1", thread_ts="100.1",
+                message_ts="100.5", messages_json=b'["two"]')  # fmt: skip
+    later = run("later", 3, kind=RunKind.FOLLOWUP, channel_id="D1", thread_ts="100.1")
+    for record in (root, dm, reply, later, run("elsewhere", 4, channel_id="D2")):
+        await store.create(record)
+
+    page = await store.conversation_page("D1", "100.1", before=RunCursor.after(later), limit=5)
+    assert page == [reply, root]  # newest first, older only, with their messages
+    assert await store.conversation_page("D1", None, before=RunCursor.after(later), limit=2) == [
+        reply,
+        dm,
+    ]
+    assert await store.conversation_page("D1", "100.1", before=RunCursor.after(root), limit=5) == []
+
+
 async def test_ping(store: RunStore) -> None:
     await store.ping()
 

@@ -179,6 +179,12 @@ class SlackEmulator(WebApi, ResponseUrls, SocketMode, RequestsToBot):
     def not_in_channels(self) -> set[str]:
         return self.state.not_in_channels
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now to the emulator's own server (`start()`)."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     def calls_to(self, method: str) -> list[ApiCall]:
         return self.state.calls_to(method)
 

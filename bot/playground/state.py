@@ -100,6 +100,7 @@ class ApiCall:
     status: int  # the HTTP status sent
     ok: bool
     error: str | None = None
+    client_port: int | None = None  # the caller's TCP port: tells its connections apart
 
     def to_json(self) -> JsonDict:
         return dataclasses.asdict(self)

@@ -95,7 +95,9 @@ class WebApi:
         else:
             ok, error = False, f"http_{status}"
             response = web.Response(status=status, text=body, content_type="text/html")
-        self.state.record_call(ApiCall(method, args, arrived, status, ok, error))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        port = peer[1] if isinstance(peer, tuple) else None
+        self.state.record_call(ApiCall(method, args, arrived, status, ok, error, port))
         return response
 
     async def _answer(self, method: str, args: JsonDict, token: str | None) -> Answer:
