@@ -301,6 +301,18 @@ async def test_refused_requests_are_listed_and_counted_apart_from_failures(bot):
     assert "p50 3.0 s · p95 7.0 s" in stats
 
 
+def test_every_status_has_an_icon_a_board_state_and_an_ending_line():
+    from bot.board import ItemStatus
+    from handlers.admin_render import ICONS
+    from handlers.render import status_notice
+
+    for status in RunStatus:
+        assert ICONS[status] and isinstance(ItemStatus.of(status), ItemStatus), status
+        if status.is_final and status is not RunStatus.SUCCEEDED:
+            run = RunRecord(kind=RunKind.ASK, prompt="p", status=status, error="why.")
+            assert status_notice(run), status
+
+
 async def test_stats_with_nothing_to_show(bot):
     answer = await history(bot, "stats since:30m")
     assert "No runs in this workspace in the last 30 minutes" in text_of(answer)
