@@ -29,6 +29,9 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    # Never started: the request was empty, too long, over the user's rate or not allowed
+    # here. Not a failure: the user was answered with the reason.
+    REFUSED = "refused"
 
     @property
     def is_final(self) -> bool:

@@ -209,6 +209,8 @@ def status_notice(run: RunRecord, *, answer_above: bool = True) -> str | None:
             return f"⚠️ Interrupted: {error or 'the bot stopped'}.{kept}"
         case RunStatus.FAILED:
             return f"⚠️ {error or 'The run failed'}.{kept}"
+        case RunStatus.REFUSED:
+            return f"🚫 {error or 'Refused'}"
         case RunStatus.QUEUED | RunStatus.RUNNING:
             return None
 
