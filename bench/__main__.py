@@ -4,7 +4,7 @@
 
 Everything runs on 127.0.0.1: the real server (aiohttp + Bolt + runner + pacer + SQLite)
 with the emulator as Slack and a scripted streaming model (~30 tokens/s). Prints one table
-with each figure, its target (DESIGN.md §7) and PASS/MISS:
+with each figure, its target (docs/ARCHITECTURE.md §12) and PASS/MISS:
 - slash-command ack latency with 100 commands at once (3 bursts), sent from a separate
   process, and once from the bot's own loop;
 - visible lag, token generated → visible in Slack, for one stream (and 10, 50);

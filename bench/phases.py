@@ -32,7 +32,7 @@ from bot.playground.emulator import SlackEmulator
 from bot.playground.state import Limit
 from bot.server import Service
 
-UPDATES_PER_MINUTE = 50  # Slack's Tier 3, per workspace (DESIGN.md §4)
+UPDATES_PER_MINUTE = 50  # Slack's Tier 3, per workspace (docs/ARCHITECTURE.md §4)
 WORKSPACES = 10
 FULL_LOAD = 0.95  # "at the peak": at least this share of the peak number streaming at once
 

@@ -5,13 +5,10 @@ the same events."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from pydantic_ai import RunContext
 from pydantic_ai.messages import (
-    AgentStreamEvent,
     FunctionToolCallEvent,
     FunctionToolResultEvent,
     PartDeltaEvent,
@@ -98,11 +95,6 @@ class ToolActivity:
             return True
         return False
 
-    async def handler(self, ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
-        """For `agent.run_stream(..., event_stream_handler=activity.handler)`."""
-        async for event in events:
-            self.feed(event)
-
     def lines(self, *, last: int = 5) -> list[str]:
         now = self._clock()
         shown = [record.line(now) for record in self.records[-last:]]
@@ -117,18 +109,9 @@ class ToolActivity:
         return self._tasks
 
     @property
-    def total_s(self) -> float:
-        now = self._clock()
-        return sum(r.duration_s if r.ok is not None else now - r.started for r in self.records)
-
-    @property
     def running(self) -> int:
         """Calls under way (the runner's idle timer should allow for them)."""
         return sum(1 for r in self.records if r.ok is None)
-
-    @property
-    def failures(self) -> int:
-        return sum(1 for r in self.records if r.ok is False)
 
 
 def summarize_args(call: ToolCallPart) -> str:

@@ -27,6 +27,8 @@ class ItemStatus(StrEnum):
                 return cls.CANCELLED
             case RunStatus.FAILED:
                 return cls.FAILED
+            case RunStatus.REFUSED:  # turned away before it ran: not run, not failed
+                return cls.SKIPPED
             case RunStatus.QUEUED:
                 return cls.PLANNED
             case RunStatus.RUNNING:

@@ -32,7 +32,7 @@ DEMO_FAST_MODEL = "demo-fast"
 
 
 class Settings(BaseSettings):
-    """Process settings, read from environment variables (DESIGN.md §3)."""
+    """Process settings, read from environment variables (docs/ARCHITECTURE.md §6)."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 

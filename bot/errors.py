@@ -1,8 +1,8 @@
 """The one small error tree of agentbot.
 
 `ConfigError` is the operator's mistake (a bad setting), `InputError` the user's (a bad
-prompt or filter), `NotAuthorized` a refusal, and `RunFailed` a run that could not finish.
-Each carries a message fit to show a person as it is.
+prompt or filter), and `RunFailed` a run that could not finish. Each carries a message fit
+to show a person as it is.
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ class ConfigError(BotError):
 
 class InputError(BotError):
     """Input that cannot be acted on; the message says what is wrong and how to fix it."""
-
-
-class NotAuthorized(BotError):
-    """The caller may not do this."""
 
 
 class RunFailed(BotError):

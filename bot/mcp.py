@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Any, Self
 
 from fastmcp.client.transports import StdioTransport
@@ -123,13 +123,14 @@ class McpServers:
     def toolsets(self, names: Sequence[str]) -> list[AbstractToolset[Any]]:
         return [self.toolset(name) for name in names]
 
-    def problems(self) -> dict[str, str]:
-        """Servers not running now, with the reason (for a health check)."""
-        return {
-            name: server.problem or "not started"
-            for name, server in self._servers.items()
-            if server.toolset is None
-        }
+    async def problems(self, *, timeout: float = 2.0) -> dict[str, str]:
+        """Servers that do not answer now, with the reason (for `/healthz`); each is asked
+        for its tools within `timeout`, all at once. A server found down is restarted in the
+        background (a dead session at once, one that failed to start at most every
+        `RETRY_START_AFTER` s), so that it comes back even while no run asks for it: a
+        failing health check may be what keeps the runs away."""
+        found = await asyncio.gather(*(s.check(timeout) for s in self._servers.values()))
+        return {name: why for name, why in zip(self._servers, found, strict=True) if why}
 
 
 class _Server:
@@ -149,6 +150,7 @@ class _Server:
         self._calls = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._restarting: asyncio.Task[None] | None = None  # a restart a health check began
 
     async def start(self) -> None:
         async with self._lock:
@@ -180,6 +182,43 @@ class _Server:
             return False
         return True
 
+    async def check(self, timeout: float) -> str | None:
+        """None when the server lists its tools within `timeout`; else why not, once a
+        restart is under way if one is due (for a session that fails to answer, by the rule
+        runs follow: no answer within `alive`'s limit)."""
+        toolset = self.toolset
+        if toolset is None:
+            if self._stopping:
+                return self.problem or "not started"
+            self._restart_soon(self.running())
+            return self.problem or "starting"
+        try:
+            async with asyncio.timeout(timeout):
+                await toolset.client.list_tools()
+        except Exception as exc:
+            if self.toolset is not None and self.toolset is not toolset:
+                return None  # restarted meanwhile
+            self._restart_soon(self._restart_if_dead(toolset))
+            if isinstance(exc, TimeoutError):
+                return f"did not answer within {timeout:g} s"
+            return f"stopped ({_describe(exc)})"
+        return None
+
+    def _restart_soon(self, restart: Coroutine[Any, Any, object]) -> None:
+        # One restart at a time, and none once stopping: a check in flight at shutdown
+        # must not start a server again.
+        if self._stopping or (self._restarting is not None and not self._restarting.done()):
+            restart.close()
+            return
+        self._restarting = asyncio.create_task(restart, name=f"mcp-{self.name}-restart")
+
+    async def _restart_if_dead(self, toolset: MCPToolset[Any]) -> None:
+        if await self.alive(toolset):
+            return
+        log.warning("MCP server %s stopped; restarting it", self.name)
+        with contextlib.suppress(ConfigError):  # kept in `problem` for the next check
+            await self.revive(toolset)
+
     @contextlib.asynccontextmanager
     async def call(self) -> AsyncIterator[None]:
         """Marks a request in flight: a restart waits for them to end before closing, so the
@@ -195,6 +234,10 @@ class _Server:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._restarting is not None:
+            self._restarting.cancel()
+            await asyncio.wait({self._restarting})
+            self._restarting = None
         task, self._task = self._task, None
         if task is None:
             return

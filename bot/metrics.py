@@ -32,13 +32,6 @@ class Metrics:
             ["method", "outcome"],
             registry=self.registry,
         )
-        self.slack_ratelimited = Counter(
-            "agentbot_slack_ratelimited",
-            "Slack 429 answers by method.",
-            ["method"],
-            registry=self.registry,
-        )
-
         self.pacer_queue_depth = Gauge(
             "agentbot_pacer_queue_depth",
             "Live messages whose newest text waits for its chat.update (last seen by a sender).",
@@ -78,8 +71,6 @@ class Metrics:
 
     def slack_call(self, method: str, outcome: str) -> None:
         self.slack_calls.labels(method, outcome).inc()
-        if outcome == "ratelimited":
-            self.slack_ratelimited.labels(method).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

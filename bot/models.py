@@ -29,6 +29,9 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    # Never started: the request was empty, too long, over the user's rate or not allowed
+    # here. Not a failure: the user was answered with the reason.
+    REFUSED = "refused"
 
     @property
     def is_final(self) -> bool:
@@ -53,7 +56,7 @@ NOT_PRINTED = frozenset({"messages_json", "tool_calls"})
 
 @dataclass
 class RunRecord:
-    """One agent run as stored and as printed by `agentbot history --json` (DESIGN.md §3)."""
+    """One agent run, as stored and as printed by `history --json` (docs/ARCHITECTURE.md §6)."""
 
     kind: RunKind
     prompt: str
@@ -82,7 +85,7 @@ class RunRecord:
     finished_at: datetime | None = None
     duration_ms: int | None = None
     slack_writes: int = 0
-    # Kept beside the record, not part of the printed run object (DESIGN.md §3): the
+    # Kept beside the record, not part of the printed run object (docs/ARCHITECTURE.md §6): the
     # pydantic-ai messages of the run (JSON), for conversations, and the tool calls it made
     # (`ToolCallSummary` dicts), for `history show`.
     messages_json: bytes | None = field(default=None, repr=False)

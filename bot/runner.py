@@ -165,7 +165,7 @@ class Runner:
         except BotError as exc:
             run.status, run.error = RunStatus.FAILED, str(exc)
         except (TimeoutError, AgentRunError) as exc:
-            run.status, run.error = RunStatus.FAILED, describe_failure(exc, policy)
+            run.status, run.error = RunStatus.FAILED, describe_failure(exc)
         except Exception as exc:  # a bug must still leave an honest record and message
             if live.stop_reason is not None and live.task.cancelling():
                 # A stop that landed inside the library can surface as its own error.
@@ -293,7 +293,7 @@ class RunTimeout(TimeoutError):
     """An idle or total time limit ran out; the message says which."""
 
 
-def describe_failure(exc: BaseException, policy: RunPolicy) -> str:
+def describe_failure(exc: BaseException) -> str:
     """One line a person can read, for the message and the record."""
     if isinstance(exc, RunTimeout):
         return f"The model did not answer in time ({exc})"

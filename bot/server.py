@@ -347,6 +347,9 @@ class Service:
             return web.json_response(
                 {"ok": False, "reason": f"database: {type(exc).__name__}"}, status=503
             )
+        if problems := await self.parts.mcp.problems(timeout=2.0):
+            reason = "; ".join(f"MCP server {name!r}: {why}" for name, why in problems.items())
+            return web.json_response({"ok": False, "reason": reason}, status=503)
         return web.json_response({"ok": True, "live_runs": len(self.parts.runner.live)})
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -159,7 +159,7 @@ class Orchestrator:
                 built = self._agents.with_model(agent, model)
             except ConfigError as exc:  # a bad model string fails that model alone
                 item.status, item.detail = ItemStatus.FAILED, str(exc)
-                return await crew.refused(
+                return await crew.could_not_start(
                     kind=RunKind.COMPARE, prompt=parent.prompt, model=model, error=str(exc)
                 )
             run = await crew.child(
@@ -321,8 +321,12 @@ class Crew:
             log.warning("run %s: could not record a child that never started: %s", run.id, exc)
         return run
 
-    async def refused(self, *, kind: RunKind, prompt: str, model: str, error: str) -> RunRecord:
-        """Record a child that could not start at all."""
+    async def could_not_start(
+        self, *, kind: RunKind, prompt: str, model: str, error: str
+    ) -> RunRecord:
+        """Record a child that could not start at all (a model string of the operator's
+        configuration that does not build): `failed`, unlike a user's request turned away
+        (`refused`), since it is a fault to fix and belongs in the failure counts."""
         run = self._new_run(kind, prompt, agent=None, model=model)
         run.status, run.error = RunStatus.FAILED, error
         run.started_at = run.finished_at = utcnow()

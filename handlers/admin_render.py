@@ -44,6 +44,7 @@ ICONS = {
     RunStatus.FAILED: "⚠️",
     RunStatus.CANCELLED: "⏹️",
     RunStatus.INTERRUPTED: "⏸️",
+    RunStatus.REFUSED: "🚫",
 }
 
 REFUSAL = (

@@ -55,6 +55,16 @@ def usage(command: str, kind: str = "ask") -> str:
     return f"{what}: `{command} <your text>`\nFor example: `{command} {example}`"
 
 
+def conversation_usage(run: RunRecord) -> str:
+    """How to ask in the conversation `run` belongs to: a mention in a channel, a direct
+    message, or a reply in a thread with the bot."""
+    if run.kind is RunKind.FOLLOWUP:
+        return "Reply in this thread with your question to continue the conversation."
+    if (run.channel_id or "").startswith("D"):
+        return "Send me your question as a message, for example: `what changed in v2?`"
+    return "Mention me with your question: `@agentbot <your question>`"
+
+
 def _listener(deps: BotDeps, spec: CommandSpec) -> Listener:
     async def listener(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
         prompt = (command.get("text") or "").strip()
@@ -72,10 +82,7 @@ def _listener(deps: BotDeps, spec: CommandSpec) -> Listener:
             run.agent, run.model = built.name, built.model_name
         refusal = screen(deps, run)
         if refusal is not None:
-            answer = refusal.text
-            if refusal.about_prompt:
-                answer = f"{answer}\n\n{usage(name, spec.kind)}"
-            await ack(text=answer)
+            await ack(text=refusal.answer(usage(name, spec.kind)))
             deps.background.spawn(record_refusal(deps, run, refusal), name=f"refusal-{run.id}")
             return
         await ack()
@@ -131,6 +138,11 @@ class Screened(Refusal):
 
     about_prompt: bool = False
 
+    def answer(self, how_to_ask: str) -> str:
+        """What the user is told: the reason, then `how_to_ask` when the prompt itself (empty
+        or too long) is the problem."""
+        return f"{self.text}\n\n{how_to_ask}" if self.about_prompt else self.text
+
 
 def screen(deps: BotDeps, run: RunRecord) -> Screened | None:
     """Why the request behind `run` is refused, or None when it may run.
@@ -146,16 +158,18 @@ def screen(deps: BotDeps, run: RunRecord) -> Screened | None:
 
 
 async def record_refusal(deps: BotDeps, run: RunRecord, refusal: Refusal) -> None:
-    """A refused request is still a recorded run, so that admins see what users tried; its
-    prompt is kept cut to the prompt limit (a short preview when rate-limited), marked."""
+    """A refused request is still a recorded run, so that admins see what users tried:
+    status `refused` (not a failure), the reason the user was given as its error, and its
+    prompt cut to the prompt limit (a short preview when rate-limited), marked. It never
+    started, so it has no start or duration (and no place in the duration percentiles)."""
     keep = deps.settings.max_prompt_chars
     if refusal.rate_limited:
         keep = min(keep, RATE_LIMITED_PROMPT_CHARS)
     run.prompt = cut_marked(run.prompt, keep)
-    run.status = RunStatus.FAILED
-    run.error = f"refused: {refusal.text}"
-    run.finished_at = run.started_at = utcnow()
-    run.duration_ms = 0
+    run.status = RunStatus.REFUSED
+    run.error = refusal.text
+    run.finished_at = utcnow()
+    run.started_at = run.duration_ms = None
     try:
         await deps.store.create(run)
     except Exception:

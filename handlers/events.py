@@ -24,7 +24,7 @@ from slack_bolt.response import BoltResponse
 from bot.history import estimate_message_tokens, join_turns, stored_whole
 from bot.models import RunCursor, RunKind, RunQuery, RunRecord
 from bot.team import policy_for
-from handlers.commands import record_refusal, screen
+from handlers.commands import conversation_usage, record_refusal, screen
 from handlers.incoming import clean_request_text
 from handlers.sinks import SlackEditSink
 
@@ -187,7 +187,8 @@ async def _converse(
     refusal = screen(deps, run)
     if refusal is not None:
         await record_refusal(deps, run, refusal)
-        deps.background.spawn(notify(refusal.text), name=f"refusal-{run.id}")
+        answer = refusal.answer(conversation_usage(run))
+        deps.background.spawn(notify(answer), name=f"refusal-{run.id}")
         return
     history = await _conversation(deps, earlier, budget=built.spec.history_budget)
     # Native streaming replies in a thread; a DM's top-level answer is an edited message.

@@ -1,7 +1,7 @@
 """One budget of Slack write calls per workspace, shared fairly by every live message.
 
 Live messages never edit per token: each keeps only its latest text, and one sender task
-per workspace decides which message to refresh next (DESIGN.md §4):
+per workspace decides which message to refresh next (docs/ARCHITECTURE.md §5):
 
 - a message is refreshed at most once per `interval` (finals excepted);
 - final texts go first, then the message whose visible text is the most stale;
@@ -12,8 +12,8 @@ per workspace decides which message to refresh next (DESIGN.md §4):
 `chat.postMessage` is paced separately, about one a second per channel; a post may carry a
 render function, so that a post queued behind others shows the text of when it is sent.
 
-Every wait is bounded (DESIGN.md §5): `Retry-After` is capped, a message or a post refused
-with 429 `MAX_RATELIMITED` times in a row fails ("ratelimited"), and `wait_delivered`
+Every wait is bounded (docs/ARCHITECTURE.md §8): `Retry-After` is capped, a message or a post
+refused with 429 `MAX_RATELIMITED` times in a row fails ("ratelimited"), and `wait_delivered`
 returns by `delivery_timeout` (the final stays queued: a later write still shows it). One
 message whose content cannot be made fails alone; the workspace's sender goes on.
 

@@ -19,7 +19,7 @@ from bot.text import one_line
 from handlers import untrusted
 
 ANSWER_CHUNK_BYTES = 3900
-"""The most answer text one message shows (DESIGN.md §4: ~4,000 for a readable update)."""
+"""The most answer text, in UTF-8 bytes, one message shows (docs/ARCHITECTURE.md §4)."""
 
 PROMPT_PREVIEW_CHARS = 280
 NOTIFICATION_CHARS = 150
@@ -209,6 +209,8 @@ def status_notice(run: RunRecord, *, answer_above: bool = True) -> str | None:
             return f"⚠️ Interrupted: {error or 'the bot stopped'}.{kept}"
         case RunStatus.FAILED:
             return f"⚠️ {error or 'The run failed'}.{kept}"
+        case RunStatus.REFUSED:
+            return f"🚫 {error or 'Refused'}"
         case RunStatus.QUEUED | RunStatus.RUNNING:
             return None
 

@@ -16,7 +16,9 @@ from bot.config import AppConfig, Settings
 from bot.models import RunKind, RunQuery, RunRecord
 from bot.playground.emulator import SlackEmulator
 from bot.server import Service, build_parts
-from tests.databases import postgres_unreachable_reason
+from storage.db import upgrade
+from storage.repository import SqlRunStore
+from tests.databases import postgres_unreachable_reason, sqlite_engine
 
 models.ALLOW_MODEL_REQUESTS = False
 
@@ -36,6 +38,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def postgres_unreachable() -> str | None:
     """Why PostgreSQL cannot be used in this session's tests, or None."""
     return postgres_unreachable_reason()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlRunStore]:
+    """The real run store on a fresh SQLite file (fast enough that tests need no fake)."""
+    async with sqlite_engine(tmp_path / "runs.db") as engine:
+        await upgrade(engine)
+        yield SqlRunStore(engine)
 
 
 @pytest.fixture

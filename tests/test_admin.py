@@ -283,6 +283,36 @@ async def test_stats_against_known_runs(bot):
     assert "x1" not in text
 
 
+async def test_refused_requests_are_listed_and_counted_apart_from_failures(bot):
+    _, body, _ = await bot.command("   ", user_id="U1")  # a real refusal: an empty /ask
+    assert "empty" in body
+    [refused] = await bot.runs(status=RunStatus.REFUSED)
+
+    listed = await history(bot, "status:refused")
+    assert shown_ids(listed) == [refused.id]
+    assert "🚫 *ask*" in text_of(listed) and "Your request is empty." in text_of(listed)
+    detail = await click(bot, listed, SHOW_ACTION_ID)
+    assert "· refused" in text_of(detail)
+
+    stats = text_of(await history(bot, "stats since:7d"))
+    assert "*7 runs*" in stats
+    assert "🚫 refused 1 (14%)" in stats and "⚠️ failed 1 (14%)" in stats
+    # The refusal never ran: durations 1, 2, 3, 6, 7 s as before.
+    assert "p50 3.0 s · p95 7.0 s" in stats
+
+
+def test_every_status_has_an_icon_a_board_state_and_an_ending_line():
+    from bot.board import ItemStatus
+    from handlers.admin_render import ICONS
+    from handlers.render import status_notice
+
+    for status in RunStatus:
+        assert ICONS[status] and isinstance(ItemStatus.of(status), ItemStatus), status
+        if status.is_final and status is not RunStatus.SUCCEEDED:
+            run = RunRecord(kind=RunKind.ASK, prompt="p", status=status, error="why.")
+            assert status_notice(run), status
+
+
 async def test_stats_with_nothing_to_show(bot):
     answer = await history(bot, "stats since:30m")
     assert "No runs in this workspace in the last 30 minutes" in text_of(answer)

@@ -111,7 +111,7 @@ async def test_empty_prompt_gets_usage_and_no_model_call(start_bot, emulator):
     assert script.calls == []
     assert emulator.calls_to("chat.postMessage") == []
     [run] = await bot.wait_for_run()
-    assert run.status is RunStatus.FAILED and "empty" in run.error
+    assert run.status is RunStatus.REFUSED and "empty" in run.error
 
 
 async def test_oversized_prompt_is_refused_clearly(start_bot, emulator):
@@ -121,7 +121,7 @@ async def test_oversized_prompt_is_refused_clearly(start_bot, emulator):
     assert status == 200 and "101 characters" in body and "limit is 100" in body
     assert script.calls == []
     [run] = await bot.wait_for_run()
-    assert run.status is RunStatus.FAILED and run.error.startswith("refused")
+    assert run.status is RunStatus.REFUSED and "limit is 100" in run.error
 
 
 @pytest.mark.parametrize("case", ["bad secret", "stale timestamp"])

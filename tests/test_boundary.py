@@ -318,7 +318,7 @@ async def test_an_oversized_prompt_is_refused_and_stored_cut_to_the_limit(start_
     status, body, _ = await bot.command(prompt)
     assert status == 200 and "100,000 characters" in body and "limit is 100" in body
     [run] = await bot.wait_for_run()
-    assert run.status is RunStatus.FAILED and run.error.startswith("refused")
+    assert run.status is RunStatus.REFUSED and "limit is 100" in run.error
     assert len(run.prompt) <= 100
     assert run.prompt.startswith("start xxx") and "cut" in run.prompt and "100,000" in run.prompt
     assert script.calls == []
@@ -330,7 +330,7 @@ async def test_an_oversized_mention_is_refused_and_stored_cut_to_the_limit(start
     said = emulator.post_user_message("C123", "U123", "<@UBOT> " + "y" * 5_000)
     await emulator.send_event(bot.url, emulator.message_event(said, mention=True))
     [run] = await bot.wait_for_run(kind=RunKind.MENTION)
-    assert run.status is RunStatus.FAILED and "limit is 100" in run.error
+    assert run.status is RunStatus.REFUSED and "limit is 100" in run.error
     assert len(run.prompt) <= 100 and "cut" in run.prompt
     await emulator.wait_for(lambda: bool(emulator.ephemerals("C123")))
     assert "limit is 100" in emulator.ephemerals("C123")[0].text
@@ -348,12 +348,68 @@ async def test_refused_prompts_count_against_the_users_rate_limit(start_bot, emu
     assert script.calls == []
     # Every attempt is recorded, none whole: refused ones cut to the prompt limit, the
     # rate-limited ones to a short preview.
-    assert all(r.status is RunStatus.FAILED for r in runs)
+    assert all(r.status is RunStatus.REFUSED for r in runs)
     assert sum(len(r.prompt) for r in runs) <= 6 * 100
     assert len([r for r in runs if "the limit is 3" in r.error]) == 3
     # Another user is not affected.
     _, body, _ = await bot.command("z" * 101, user_id="U456")
     assert "limit is 100" in body
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        ("/ask", "`/ask <your text>`"),
+        ("/team", "Give a task to a team of agents"),
+        ("/pipeline", "`/pipeline <your text>`"),
+        ("/compare", "Ask several models the same thing"),
+    ],
+)
+async def test_an_empty_command_gets_its_usage_and_is_recorded_refused(
+    start_bot, emulator, command, usage
+):
+    script = ScriptedModel(["never"])
+    bot = await start_bot(script.model())
+    status, body, _ = await bot.command("  ", command=command)
+    assert status == 200 and "empty" in body and usage in body, body
+    [run] = await bot.wait_for_run()
+    assert (run.status, run.command, run.prompt) == (RunStatus.REFUSED, command, "")
+    assert run.error == "Your request is empty."
+    # It never started: no start, no duration to pull the percentiles down.
+    assert run.started_at is None and run.duration_ms is None and run.finished_at
+    assert script.calls == [] and emulator.calls_to("chat.postMessage") == []
+
+
+@pytest.mark.parametrize(
+    ("channel", "thread", "usage"),
+    [
+        ("C123", False, "`@agentbot <your question>`"),
+        ("D123", False, "Send me your question as a message"),
+        ("D123", True, "Reply in this thread with your question"),
+    ],
+    ids=["mention", "direct message", "thread reply"],
+)
+async def test_an_empty_conversation_turn_gets_a_short_usage_and_is_recorded_refused(
+    start_bot, emulator, channel, thread, usage
+):
+    script = ScriptedModel(["never"])
+    bot = await start_bot(script.model())
+    mention = channel.startswith("C")
+    said = emulator.post_user_message(channel, "U123", "<@UBOT> " if mention else " ")
+    if thread:  # a reply to the bot's answer in a direct message
+        first = emulator.post_user_message(channel, "U123", "hello")
+        await emulator.send_event(bot.url, emulator.message_event(first))
+        await bot.wait_for_run()
+        answer_ts = emulator.messages(channel)[-1].ts
+        said = emulator.post_user_message(channel, "U123", " ", thread_ts=answer_ts)
+    await emulator.send_event(bot.url, emulator.message_event(said, mention=mention))
+    await emulator.wait_for(lambda: bool(emulator.ephemerals(channel)))
+    [told] = emulator.ephemerals(channel)
+    assert "empty" in told.text and usage in told.text, told.text
+    runs = await bot.wait_for_run(count=2 if thread else 1)
+    refused = [r for r in runs if r.status is RunStatus.REFUSED]
+    assert len(refused) == 1 and refused[0].error == "Your request is empty."
+    assert len(script.calls) == (1 if thread else 0)
 
 
 # -- Stop stays inside its workspace --------------------------------------------------------

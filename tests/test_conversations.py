@@ -162,7 +162,7 @@ async def test_an_empty_mention_gets_a_private_hint(start_bot, emulator):
     assert "empty" in emulator.ephemerals("C123")[0].text
     assert script.calls == []
     [run] = await bot.wait_for_run()
-    assert run.status is RunStatus.FAILED and run.kind is RunKind.MENTION
+    assert run.status is RunStatus.REFUSED and run.kind is RunKind.MENTION
 
 
 # --- Each turn stored once; history rebuilt from the runs and trimmed to a budget ---------

@@ -11,7 +11,6 @@ import time
 import aiohttp
 from pydantic_ai.exceptions import ModelHTTPError
 
-from bot.memory_store import MemoryRunStore
 from bot.metrics import Metrics, watch_loop_lag
 from bot.models import RunKind, RunRecord, RunStatus
 from bot.runner import Checkpoints
@@ -95,8 +94,8 @@ async def test_the_loop_lag_gauge_measures_a_blocked_loop():
         watcher.cancel()
 
 
-async def test_a_message_posted_late_reaches_the_record_at_the_next_event():
-    store = MemoryRunStore()
+async def test_a_message_posted_late_reaches_the_record_at_the_next_event(sqlite_store):
+    store = sqlite_store
     run = RunRecord(kind=RunKind.ASK, prompt="hello", channel_id="C1")
     await store.create(run)
     checkpoints = Checkpoints(store, interval=3600)  # no save is due by the clock

@@ -111,6 +111,43 @@ async def test_history_team_filter(stats_db, agentbot):
     assert [run["id"] for run in json.loads(out)] == ["x"]
 
 
+async def test_refused_requests_are_their_own_status_not_failures(start_bot, tmp_path, agentbot):
+    """Requests the bot turned away (empty, too long, over the user's rate) are counted as
+    `refused` in the stats, not as failures, and take no part in the duration percentiles."""
+    from tests.scripted import ScriptedModel
+
+    bot = await start_bot(
+        ScriptedModel.words("answered").model(),
+        AGENTBOT_MAX_PROMPT_CHARS=100,
+        AGENTBOT_USER_RUNS_PER_MINUTE=3,
+    )
+    await bot.command("hello")
+    await bot.wait_for_run()
+    for text in ("", "z" * 101, "over the rate"):  # empty, too long, the 4th in a minute
+        _, body, _ = await bot.command(text)
+        assert body, "a refused request is answered"
+    await bot.wait_for_run(count=4)
+    env = {"AGENTBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'agentbot.db'}"}
+
+    code, out, err = await agentbot("stats", "--json", env=env)
+    assert code == 0, err
+    stats = json.loads(out)
+    assert stats["total"] == 4
+    assert stats["by_status"] == {"refused": 3, "succeeded": 1}
+    [answered] = await bot.runs(status=RunStatus.SUCCEEDED)
+    assert stats["p50_ms"] == stats["p95_ms"] == answered.duration_ms
+    code, out, err = await agentbot("stats", env=env)
+    assert code == 0 and "refused 3 (75%) · succeeded 1 (25%)" in out, out
+    assert "failed" not in out
+
+    code, out, err = await agentbot("history", "--status", "refused", "--json", env=env)
+    assert code == 0, err
+    refused = json.loads(out)
+    assert [r["prompt"][:10] for r in refused] == ["over the r", "z" * 10, ""]
+    assert {r["status"] for r in refused} == {"refused"}
+    assert "limit is 3" in refused[0]["error"] and refused[2]["error"] == "Your request is empty."
+
+
 @pytest.fixture
 async def export_db(tmp_path: Path) -> dict[str, str]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'export.db'}"

@@ -120,7 +120,7 @@ async def test_a_user_over_the_rate_limit_is_refused_clearly_and_recorded(start_
     status, body, _ = await bot.command("second")
     assert status == 200 and "the limit is 1" in body
     runs = await bot.wait_for_run(count=2)
-    assert sorted(r.status for r in runs) == [RunStatus.FAILED, RunStatus.SUCCEEDED]
+    assert sorted(r.status for r in runs) == [RunStatus.REFUSED, RunStatus.SUCCEEDED]
     assert len(script.calls) == 1
 
 
@@ -131,7 +131,17 @@ async def test_a_channel_outside_the_allowlist_is_refused(start_bot, emulator):
     assert "not enabled in this channel" in body
     assert script.calls == []
     [run] = await bot.wait_for_run()
-    assert run.status is RunStatus.FAILED and run.error.startswith("refused")
+    assert run.status is RunStatus.REFUSED and "not enabled in this channel" in run.error
+
+
+async def test_a_user_outside_the_allowlist_is_refused_and_recorded_refused(start_bot, emulator):
+    script = ScriptedModel.words("ok")
+    bot = await start_bot(script.model(), AGENTBOT_ALLOWED_USERS="U1")
+    _, body, _ = await bot.command("hello", user_id="U2")
+    assert "not on the list" in body and "/ask <your text>" not in body  # no usage: not the prompt
+    [run] = await bot.wait_for_run()
+    assert (run.status, run.user_id, run.prompt) == (RunStatus.REFUSED, "U2", "hello")
+    assert script.calls == []
 
 
 async def test_a_run_over_its_token_budget_stops_and_keeps_the_text(start_bot, emulator):

@@ -14,7 +14,7 @@ from bot.runner import RunPolicy
 from tests.test_runner import RecordingSink, make_runner
 
 
-async def test_a_retry_after_a_tool_call_sends_only_the_failed_request_again():
+async def test_a_retry_after_a_tool_call_sends_only_the_failed_request_again(sqlite_store):
     model_calls: list[int] = []
     lookups: list[str] = []
 
@@ -43,7 +43,7 @@ async def test_a_retry_after_a_tool_call_sends_only_the_failed_request_again():
         lookups.append(key)
         return "value"
 
-    runner, _ = make_runner()
+    runner, _ = make_runner(sqlite_store)
     run = await runner.run(
         agent,
         RunRecord(kind=RunKind.ASK, prompt="p"),

@@ -1,4 +1,4 @@
-"""The runner on its own: a recording sink and the in-memory store, no Slack at all."""
+"""The runner on its own: a recording sink and the run store on a SQLite file, no Slack at all."""
 
 from __future__ import annotations
 
@@ -6,17 +6,14 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import pytest
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import ModelRateLimitError
 
 from bot.errors import InputError
-from bot.memory_store import MemoryRunStore
 from bot.metrics import Metrics
 from bot.models import Progress, RunKind, RunRecord, RunStatus, utcnow
 from bot.runner import LiveRuns, Runner, RunPolicy
 from bot.saving import FinalRecords
-from storage.db import create_engine, upgrade
 from storage.repository import SqlRunStore
 from tests.scripted import ScriptedModel
 
@@ -48,8 +45,7 @@ class RecordingSink:
         self.events.append(("finish", run.status))
 
 
-def make_runner() -> tuple[Runner, MemoryRunStore]:
-    store = MemoryRunStore()
+def make_runner(store: SqlRunStore) -> tuple[Runner, SqlRunStore]:
     return Runner(store=store, metrics=Metrics(), live=LiveRuns()), store
 
 
@@ -57,8 +53,8 @@ def agent_for(script: ScriptedModel) -> Agent[None, str]:
     return Agent(script.model())
 
 
-async def test_stream_reaches_the_sink_in_order_and_is_recorded():
-    runner, store = make_runner()
+async def test_stream_reaches_the_sink_in_order_and_is_recorded(sqlite_store):
+    runner, store = make_runner(sqlite_store)
     script = ScriptedModel(["a", "b", "c"])
     sink = RecordingSink()
     run = await runner.run(
@@ -79,8 +75,8 @@ async def test_stream_reaches_the_sink_in_order_and_is_recorded():
     assert stored.started_at <= stored.first_token_at <= stored.finished_at
 
 
-async def test_run_is_recorded_before_the_sink_starts():
-    runner, store = make_runner()
+async def test_run_is_recorded_before_the_sink_starts(sqlite_store):
+    runner, store = make_runner(sqlite_store)
     seen: list[RunStatus | None] = []
 
     class Probe(RecordingSink):
@@ -98,8 +94,8 @@ async def test_run_is_recorded_before_the_sink_starts():
     assert seen == [RunStatus.QUEUED]
 
 
-async def test_sink_refusal_fails_the_run_without_calling_the_model():
-    runner, store = make_runner()
+async def test_sink_refusal_fails_the_run_without_calling_the_model(sqlite_store):
+    runner, store = make_runner(sqlite_store)
     script = ScriptedModel(["x"])
     sink = RecordingSink(fail_start=InputError("not in channel"))
     run = await runner.run(
@@ -110,8 +106,8 @@ async def test_sink_refusal_fails_the_run_without_calling_the_model():
     assert (await store.get(run.id)).status is RunStatus.FAILED
 
 
-async def test_retries_are_bounded_and_honour_retry_after():
-    runner, _ = make_runner()
+async def test_retries_are_bounded_and_honour_retry_after(sqlite_store):
+    runner, _ = make_runner(sqlite_store)
     error = ModelRateLimitError("m", "slow down", retry_after=0.05)
     script = ScriptedModel(["x"], error=error, fail_first=10)
     policy = RunPolicy(retries=3, backoff_base=0.001)
@@ -136,8 +132,8 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
         assert max(delays) > ceiling / 2, "jitter spreads over the whole range"
 
 
-async def test_total_timeout_is_separate_from_the_idle_timeout():
-    runner, _ = make_runner()
+async def test_total_timeout_is_separate_from_the_idle_timeout(sqlite_store):
+    runner, _ = make_runner(sqlite_store)
     script = ScriptedModel(["tick "] * 100, delay=0.02)  # a token every 20 ms: never idle
     policy = RunPolicy(idle_timeout=0.5, total_timeout=0.3)
     run = await runner.run(
@@ -150,8 +146,8 @@ async def test_total_timeout_is_separate_from_the_idle_timeout():
     assert run.output.startswith("tick tick")
 
 
-async def test_stop_cancels_with_the_text_so_far():
-    runner, _ = make_runner()
+async def test_stop_cancels_with_the_text_so_far(sqlite_store):
+    runner, _ = make_runner(sqlite_store)
     script = ScriptedModel(["one ", "two ", "three"], hang_after=2)
     sink = RecordingSink()
     record = RunRecord(kind=RunKind.ASK, prompt="p")
@@ -168,8 +164,8 @@ async def test_stop_cancels_with_the_text_so_far():
     assert not runner.live.stop(run.id, status=RunStatus.CANCELLED, reason="again")
 
 
-async def test_a_run_started_after_shutdown_stopped_all_ends_at_once():
-    runner, store = make_runner()
+async def test_a_run_started_after_shutdown_stopped_all_ends_at_once(sqlite_store):
+    runner, store = make_runner(sqlite_store)
     assert runner.live.stop_all(status=RunStatus.INTERRUPTED, reason="shutting down") == 0
     record = RunRecord(kind=RunKind.ASK, prompt="p")
     run = await runner.run(
@@ -179,8 +175,8 @@ async def test_a_run_started_after_shutdown_stopped_all_ends_at_once():
     assert (await store.get(run.id)).status is RunStatus.INTERRUPTED
 
 
-async def test_a_run_that_cannot_be_recorded_still_tells_the_user():
-    runner, store = make_runner()
+async def test_a_run_that_cannot_be_recorded_still_tells_the_user(sqlite_store):
+    runner, store = make_runner(sqlite_store)
 
     async def broken_create(run: RunRecord) -> None:
         raise OSError("database is locked")
@@ -196,8 +192,8 @@ async def test_a_run_that_cannot_be_recorded_still_tells_the_user():
     assert script.calls == []
 
 
-async def test_a_final_record_the_store_refuses_is_saved_again_until_it_lands():
-    store, live = MemoryRunStore(), LiveRuns()
+async def test_a_final_record_the_store_refuses_is_saved_again_until_it_lands(sqlite_store):
+    store, live = sqlite_store, LiveRuns()
     save, refusals, held = store.save, 12, []
 
     async def locked_for_a_while(run: RunRecord) -> None:
@@ -228,8 +224,8 @@ async def test_a_final_record_the_store_refuses_is_saved_again_until_it_lands():
     assert live.ids() == [] and len(records) == 0
 
 
-async def test_a_run_settled_by_its_model_is_not_stopped_while_it_is_shown():
-    runner, store = make_runner()
+async def test_a_run_settled_by_its_model_is_not_stopped_while_it_is_shown(sqlite_store):
+    runner, store = make_runner(sqlite_store)
     showing, shown = asyncio.Event(), asyncio.Event()
 
     class SlowSlack(RecordingSink):
@@ -253,33 +249,21 @@ async def test_a_run_settled_by_its_model_is_not_stopped_while_it_is_shown():
     assert (run.status, run.error, run.output) == (RunStatus.SUCCEEDED, None, "all of it")
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_recovery_never_takes_the_runs_its_process_carries(kind, tmp_path):
-    engine = None
-    if kind == "memory":
-        store = MemoryRunStore()
-    else:
-        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
-        await upgrade(engine)
-        store = SqlRunStore(engine)
-    try:
-        long_ago = utcnow() - timedelta(minutes=5)
-        ours, theirs = (
-            RunRecord(kind=RunKind.ASK, prompt=p, status=RunStatus.RUNNING, created_at=long_ago)
-            for p in ("ours", "theirs")
-        )
-        for run in (ours, theirs):
-            await store.create(run)
-        taken = await store.mark_interrupted("gone", stale_before=utcnow(), carried=[ours.id])
-        assert [run.id for run in taken] == [theirs.id]
-        assert (await store.get(ours.id)).status is RunStatus.RUNNING
-    finally:
-        if engine is not None:
-            await engine.dispose()
+async def test_recovery_never_takes_the_runs_its_process_carries(sqlite_store):
+    long_ago = utcnow() - timedelta(minutes=5)
+    ours, theirs = (
+        RunRecord(kind=RunKind.ASK, prompt=p, status=RunStatus.RUNNING, created_at=long_ago)
+        for p in ("ours", "theirs")
+    )
+    for run in (ours, theirs):
+        await sqlite_store.create(run)
+    taken = await sqlite_store.mark_interrupted("gone", stale_before=utcnow(), carried=[ours.id])
+    assert [run.id for run in taken] == [theirs.id]
+    assert (await sqlite_store.get(ours.id)).status is RunStatus.RUNNING
 
 
-def test_final_records_back_off_within_bounds_however_long_the_outage():
-    records = FinalRecords(MemoryRunStore(), LiveRuns(), backoff_base=0.25, backoff_max=5.0)
+async def test_final_records_back_off_within_bounds_however_long_the_outage(sqlite_store):
+    records = FinalRecords(sqlite_store, LiveRuns(), backoff_base=0.25, backoff_max=5.0)
     assert 0.125 <= records._backoff(1) <= 0.25
     for failures in (6, 100, 10_000):  # hours of refused saves
         assert 2.5 <= records._backoff(failures) <= 5.0

@@ -1,4 +1,4 @@
-"""One contract for every run store: the dict-backed fake, SQLite and PostgreSQL.
+"""One contract for the run store on every database it supports: SQLite and PostgreSQL.
 
 PostgreSQL runs when reachable at `PG_URL` (each test in a schema of its own) and is skipped
 otherwise.
@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from bot.memory_store import MemoryRunStore
 from bot.models import (
     AuditEntry,
     AuditOutcome,
@@ -40,13 +39,10 @@ from tests.databases import postgres_engine, sqlite_engine
 BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, postgres_unreachable: str | None
 ) -> AsyncIterator[RunStore]:
-    if request.param == "memory":
-        yield MemoryRunStore()
-        return
     if request.param == "sqlite":
         opened = sqlite_engine(tmp_path / "runs.db")
     else:

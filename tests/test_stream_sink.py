@@ -13,7 +13,6 @@ from pydantic_ai.exceptions import ModelUnavailableError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import InputError
-from bot.memory_store import MemoryRunStore
 from bot.metrics import Metrics
 from bot.models import Progress, RunKind, RunRecord, RunStatus, ToolState, ToolTask
 from bot.playground.emulator import SlackEmulator
@@ -521,10 +520,10 @@ async def test_reply_sink_picks_the_configured_mode(emulator):
 # -- under a real run ---------------------------------------------------------------------
 
 
-async def test_a_real_run_streams_natively_through_the_runner(emulator):
+async def test_a_real_run_streams_natively_through_the_runner(emulator, sqlite_store):
     script = ScriptedModel.words(SIXTY_WORDS, delay=0.01)
     pacer = make_pacer(emulator, interval=0.1)
-    store = MemoryRunStore()
+    store = sqlite_store
     runner = Runner(store=store, metrics=Metrics(), live=LiveRuns())
     thread = question(emulator)
     sink = reply_sink(
@@ -545,11 +544,11 @@ async def test_a_real_run_streams_natively_through_the_runner(emulator):
     await pacer.close()
 
 
-async def test_a_run_that_fails_mid_stream_keeps_its_text_and_says_why(emulator):
+async def test_a_run_that_fails_mid_stream_keeps_its_text_and_says_why(emulator, sqlite_store):
     error = ModelUnavailableError("scripted", "connection reset")
     script = ScriptedModel.words(SIXTY_WORDS, fail_after=20, error=error)
     pacer = make_pacer(emulator, interval=0.05)
-    runner = Runner(store=MemoryRunStore(), metrics=Metrics(), live=LiveRuns())
+    runner = Runner(store=sqlite_store, metrics=Metrics(), live=LiveRuns())
     sink = make_sink(emulator, pacer)
     run = await runner.run(Agent(script.model()), make_run(), sink=sink, policy=RunPolicy())
 

@@ -158,7 +158,7 @@ class Limit:
 
 
 def default_limits() -> dict[str, Limit]:
-    """Slack's published tiers for the write methods the bot uses (DESIGN.md §4)."""
+    """Slack's published tiers for the write methods the bot uses (docs/ARCHITECTURE.md §4)."""
     return {
         "chat.update": Limit(50),  # Tier 3
         # "about one a second per channel, short bursts allowed"

@@ -62,7 +62,7 @@ class PacerConfig:
     chat_update: Budget = Budget(per_minute=50, burst=5)
     # About one a second per channel, with a burst that lets a team post its replies at once.
     post_per_channel: Budget = Budget(per_minute=60, burst=5)
-    # Slack's native streaming (DESIGN.md §4): start/stop are Tier 2, append is Tier 4.
+    # Slack's native streaming (docs/ARCHITECTURE.md §4): start/stop are Tier 2, append is Tier 4.
     chat_start_stream: Budget = Budget(per_minute=20, burst=3)
     chat_append_stream: Budget = Budget(per_minute=100, burst=5)
     chat_stop_stream: Budget = Budget(per_minute=20, burst=3)
