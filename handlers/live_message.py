@@ -74,9 +74,8 @@ class SlackLiveMessage:
         When Slack refuses, the user is told why (privately) and `InputError` (the bot is not
         in the channel) or `RunFailed` is raised.
         """
-        make = message if callable(message) else lambda: message
         try:
-            posted = await self._post(make, thread_ts=self._thread_ts)
+            posted = await self._post(message, thread_ts=self._thread_ts)
         except SlackCallFailed as exc:
             if exc.error in CHANNEL_ERRORS:
                 raise await self.not_in_channel(exc) from exc
@@ -94,7 +93,7 @@ class SlackLiveMessage:
     async def reply(self, messages: list[render.SlackMessage], *, thread_ts: str | None) -> None:
         """Post `messages` in order as replies in `thread_ts` (the rest of a long end)."""
         for message in messages:
-            await self._post(lambda message=message: message, thread_ts=thread_ts)
+            await self._post(message, thread_ts=thread_ts)
 
     def edit(self) -> None:
         """Edit the posted message from now on, through the pacer."""
@@ -139,9 +138,11 @@ class SlackLiveMessage:
                 rest = [first, *rest]
         await self.reply(rest, thread_ts=reply_to)
 
-    async def _post(self, make: MakeMessage, *, thread_ts: str | None) -> dict[str, Any]:
+    async def _post(
+        self, message: render.SlackMessage | MakeMessage, *, thread_ts: str | None
+    ) -> dict[str, Any]:
         def content() -> Content:
-            made = make()
+            made = message() if callable(message) else message
             self._calls += 1  # counted as it goes out: the pacer makes it per attempt
             return _content(made)
 
