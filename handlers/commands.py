@@ -7,7 +7,7 @@ message (a board) and answer part by part in its thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from handlers.board import SlackBoard
 from handlers.sinks import Notify, SlackEditSink
 
 if TYPE_CHECKING:
+    from bot.ports import Sink
     from handlers.app import BotDeps
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,9 @@ def _listener(deps: BotDeps, spec: CommandSpec) -> Listener:
     return listener
 
 
-def _work(deps: BotDeps, spec: CommandSpec, run: RunRecord, notify: Notify) -> Awaitable[Any]:
+def _work(
+    deps: BotDeps, spec: CommandSpec, run: RunRecord, notify: Notify
+) -> Coroutine[Any, Any, Any]:
     pacer = deps.pacer.workspace(run.team_id)
     channel = run.channel_id or ""
     if spec.kind == "ask":
@@ -102,7 +105,7 @@ def _work(deps: BotDeps, spec: CommandSpec, run: RunRecord, notify: Notify) -> A
         sink = SlackEditSink(pacer, channel=channel, notify=notify, tell_place=notify)
         return deps.runner.run(built.agent, run, sink=sink, policy=policy_for(built))
 
-    def reply(thread_ts: str, heading: str):
+    def reply(thread_ts: str, heading: str) -> Sink:
         return deps.reply_sink(
             pacer, channel=channel, thread_ts=thread_ts, heading=heading, notify=notify
         )

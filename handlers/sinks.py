@@ -58,7 +58,8 @@ async def post_first_message(
             raise InputError(f"the bot is not in channel {channel} ({exc.error})") from exc
         await notify(f"⚠️ I could not post in this channel ({exc.error}).")
         raise RunFailed(f"could not post the message ({exc.error})") from exc
-    return posted["ts"]
+    ts: str = posted["ts"]
+    return ts
 
 
 class SlackEditSink:
