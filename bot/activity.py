@@ -82,15 +82,15 @@ class ToolActivity:
             self._tasks = None
             return True
         if isinstance(event, FunctionToolResultEvent):
-            record = self._by_id.get(event.part.tool_call_id)
-            if record is None:
+            done = self._by_id.get(event.part.tool_call_id)
+            if done is None:
                 return False
             result = event.part
-            record.duration_s = self._clock() - record.started
-            record.ok = result.outcome == "success"
-            if not record.ok:
+            done.duration_s = self._clock() - done.started
+            done.ok = result.outcome == "success"
+            if not done.ok:
                 verb = "retried" if result.outcome == "retried" else "failed"
-                record.error = f"{verb}: {preview(str(result.content), 160)}"
+                done.error = f"{verb}: {preview(str(result.content), 160)}"
             self._tasks = None
             return True
         return False

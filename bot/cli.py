@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from bot.config import Settings, load_config, load_settings, require
+from bot.config import AppConfig, Settings, load_config, load_settings, require
 from bot.errors import BotError, ConfigError, InputError
 from bot.models import RunCursor, RunKind, RunQuery, RunStatus, StatsQuery, iso_utc
 from bot.query import DEFAULT_STATS_SINCE, clean_words, parse_since
@@ -175,7 +175,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signal(
-    settings: Settings, config, *, host: str, port: int, socket_mode: bool
+    settings: Settings, config: AppConfig, *, host: str, port: int, socket_mode: bool
 ) -> None:
     from bot.server import Service, build_parts
 

@@ -284,8 +284,8 @@ class AppConfig(BaseModel):
                         f"agentbot.toml: agents.{name} uses unknown MCP server {server!r}"
                     )
         for team in self.teams.values():
-            for agent in (team.planner, team.coordinator, *team.roles):
-                self.agent(agent)
+            for member in (team.planner, team.coordinator, *team.roles):
+                self.agent(member)
         for pipeline in self.pipelines.values():
             for stage in pipeline.stages:
                 self.agent(stage.agent)
@@ -321,7 +321,7 @@ def load_config(settings: Settings) -> AppConfig:
         for section in ("agents", "teams", "pipelines", "commands")
     }
     try:
-        config = AppConfig(**merged, **data)
+        config = AppConfig.model_validate({**merged, **data})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_first_problem(exc)}") from None
     config.check()

@@ -150,7 +150,7 @@ class _Server:
         self._calls = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._restarting: asyncio.Task[None] | None = None  # a restart a health check began
+        self._restarting: asyncio.Task[object] | None = None  # a restart a health check began
 
     async def start(self) -> None:
         async with self._lock:

@@ -278,7 +278,10 @@ class Runner:
                         _copy_usage(events.usage, run, history)
                     run.tool_calls = [summary(record) for record in activity.records] or None
                 # Only this turn: a conversation joins the turns of its runs (handlers/events.py).
-                run.messages_json = messages_json(events.result.new_messages())
+                result = events.result
+                if result is None:  # the events ran to their end, so the run has its result
+                    raise RuntimeError("the run ended without a result")
+                run.messages_json = messages_json(result.new_messages())
         except TimeoutError as exc:
             if total.expired():
                 limit = f"the model did not finish within {policy.total_timeout:g} s"
@@ -353,9 +356,9 @@ def _copy_usage(usage: object, run: RunRecord, history: Sequence[ModelMessage] |
 def prompt_text(prompt: str, history: Sequence[ModelMessage] | None) -> str:
     """The text a request sent: the earlier turns' text parts and the prompt."""
     texts = [
-        part.content
+        content
         for message in history or ()
         for part in message.parts
-        if isinstance(getattr(part, "content", None), str)
+        if isinstance(content := getattr(part, "content", None), str)
     ]
     return "".join([*texts, prompt])

@@ -25,10 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.agents import AgentRegistry, ModelFactory
 from bot.config import AppConfig, Settings
 from bot.limits import Admission, Guard
+from bot.live import LiveRuns
 from bot.mcp import McpServers
 from bot.metrics import Metrics, watch_loop_lag
 from bot.models import RunStatus, utcnow
-from bot.runner import LiveRuns, Runner
+from bot.runner import Runner
 from bot.tasks import BackgroundTasks
 from bot.team import Orchestrator
 from handlers import render

@@ -17,8 +17,8 @@ from bot.models import RunRecord, RunStatus
 from handlers.render import STOP_ACTION_ID
 
 if TYPE_CHECKING:
+    from bot.live import LiveRuns
     from bot.ports import RunStore
-    from bot.runner import LiveRuns
     from handlers.app import BotDeps
 
 log = logging.getLogger(__name__)

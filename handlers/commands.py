@@ -7,7 +7,7 @@ message (a board) and answer part by part in its thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from handlers.live_message import Notify
 from handlers.sinks import SlackEditSink
 
 if TYPE_CHECKING:
+    from bot.ports import Sink
     from handlers.app import BotDeps
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ def _listener(deps: BotDeps, spec: CommandSpec) -> Listener:
     return listener
 
 
-def _work(deps: BotDeps, spec: CommandSpec, run: RunRecord, notify: Notify) -> Awaitable[Any]:
+def _work(
+    deps: BotDeps, spec: CommandSpec, run: RunRecord, notify: Notify
+) -> Coroutine[Any, Any, Any]:
     pacer = deps.pacer.workspace(run.team_id)
     channel = run.channel_id or ""
     if spec.kind == "ask":
@@ -103,7 +106,7 @@ def _work(deps: BotDeps, spec: CommandSpec, run: RunRecord, notify: Notify) -> A
         sink = SlackEditSink(pacer, channel=channel, notify=notify, tell_place=notify)
         return deps.runner.run(built.agent, run, sink=sink, policy=policy_for(built))
 
-    def reply(thread_ts: str, heading: str):
+    def reply(thread_ts: str, heading: str) -> Sink:
         return deps.reply_sink(
             pacer, channel=channel, thread_ts=thread_ts, heading=heading, notify=notify
         )

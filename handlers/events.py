@@ -208,8 +208,8 @@ async def _earlier_run(deps: BotDeps, channel: str, thread_ts: str | None) -> Ru
     if thread_ts is not None:
         return await deps.store.find_by_message(channel, thread_ts)
     if channel.startswith("D"):
-        [latest] = await deps.store.query(RunQuery(channel_id=channel, limit=1)) or [None]
-        return await deps.store.get(latest.id) if latest else None
+        latest = await deps.store.query(RunQuery(channel_id=channel, limit=1))
+        return await deps.store.get(latest[0].id) if latest else None
     return None
 
 

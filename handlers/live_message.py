@@ -81,8 +81,9 @@ class SlackLiveMessage:
                 raise await self.not_in_channel(exc) from exc
             await self._notify(f"⚠️ I could not post in this channel ({exc.error}).")
             raise RunFailed(f"could not post the message ({exc.error})") from exc
-        self.ts = posted["ts"]
-        return posted["ts"]
+        ts: str = posted["ts"]
+        self.ts = ts
+        return ts
 
     async def not_in_channel(self, exc: SlackCallFailed) -> InputError:
         """Tell the user to invite the bot (Slack refused `exc`: one of `CHANNEL_ERRORS`);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from bot.tools import ThreadMessage
 from handlers.pacer import Pacer
@@ -34,7 +35,7 @@ class SlackThreadReader:
         ]
 
 
-def _text(message: dict) -> str:
+def _text(message: dict[str, Any]) -> str:
     """A bot answer's full text is in its markdown blocks; `text` is only its notification."""
     shown = [b["text"] for b in message.get("blocks") or [] if b.get("type") == "markdown"]
     return "".join(shown) or message.get("text", "")

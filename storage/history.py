@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Boolean, ColumnElement, Date, Select, bindparam, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +16,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import defer
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import BindParameter, UnaryExpression
+from sqlalchemy.sql.elements import BindParameter, SQLColumnExpression, UnaryExpression
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from bot.models import (
@@ -79,13 +79,18 @@ def run_conditions(
     return conditions
 
 
-def _as_is(column: ColumnElement[Any]) -> ColumnElement[Any]:
+def _as_is(column: SQLColumnExpression[Any]) -> SQLColumnExpression[Any]:
     return column
 
 
-def _unindexed(column: ColumnElement[Any]) -> ColumnElement[Any]:
+def _unindexed(column: SQLColumnExpression[Any]) -> SQLColumnExpression[Any]:
     """`+column`: the same value, but SQLite will not use an index for it."""
-    return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+    # An ORM attribute stands in for its column here, as everywhere; the stubs want a column.
+    return UnaryExpression(
+        column,  # type: ignore[arg-type]
+        operator=operators.custom_op("+"),
+        type_=column.type,  # type: ignore[attr-defined]
+    )
 
 
 def prompt_contains(text: str) -> ColumnElement[bool]:
@@ -107,12 +112,12 @@ class UnicodeILike(ColumnElement[bool]):
 
     inherit_cache = True
     type = Boolean()
-    _traverse_internals: ClassVar[list[tuple[str, InternalTraversal]]] = [
+    _traverse_internals = [  # noqa: RUF012 - SQLAlchemy types it per instance, not ClassVar
         ("column", InternalTraversal.dp_clauseelement),
         ("pattern", InternalTraversal.dp_clauseelement),
     ]
 
-    def __init__(self, column: ColumnElement[str], pattern: str) -> None:
+    def __init__(self, column: SQLColumnExpression[str], pattern: str) -> None:
         self.column = column
         self.pattern: BindParameter[str] = bindparam(None, pattern, unique=True)
 
@@ -144,7 +149,7 @@ def _time_range(since: datetime | None, until: datetime | None) -> list[ColumnEl
     return conditions
 
 
-def runs_page(query: RunQuery, *, candidates: Sequence[str] | None = None) -> Select[tuple[RunRow]]:
+def runs_page(query: RunQuery, *, candidates: Sequence[str] | None = None) -> Select[RunRow]:
     """The runs of `query`, newest first (ties by id), at most its limit (clamped to
     1..1000), without `messages_json`."""
     return (
@@ -174,12 +179,12 @@ def stats_conditions(query: StatsQuery) -> list[ColumnElement[bool]]:
     return where
 
 
-def stats_statements(query: StatsQuery, *, dialect: str) -> dict[str, Select[Any]]:
+def stats_statements(query: StatsQuery, *, dialect: str) -> dict[str, Select[*tuple[Any, ...]]]:
     """The grouped scans behind the stats (each over the same team and time range)."""
     where = stats_conditions(query)
     day = _day(dialect)
     user = func.coalesce(RunRow.user_id, "")
-    statements: dict[str, Select[Any]] = {
+    statements: dict[str, Select[*tuple[Any, ...]]] = {
         "status_kind": select(
             RunRow.status,
             RunRow.kind,
@@ -199,7 +204,7 @@ def stats_statements(query: StatsQuery, *, dialect: str) -> dict[str, Select[Any
     return statements
 
 
-def percentile_statement(query: StatsQuery, positions: Sequence[int]) -> Select[tuple[int, int]]:
+def percentile_statement(query: StatsQuery, positions: Sequence[int]) -> Select[int, int]:
     """The durations at the given 1-based positions in ascending order (one sort)."""
     durations = select(
         RunRow.duration_ms.label("ms"),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, delete, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import defer
@@ -108,7 +109,7 @@ class SqlRunStore:
         their durations follow in the same transaction.
         """
         now = utcnow()
-        conditions = [RunRow.status.in_(UNFINISHED)]
+        conditions: list[ColumnElement[bool]] = [RunRow.status.in_(UNFINISHED)]
         if stale_before is not None:
             fresh_lease = select(RunLeaseRow.run_id).where(
                 RunLeaseRow.run_id == RunRow.id, RunLeaseRow.renewed_at >= stale_before
@@ -275,7 +276,7 @@ class SqlRunStore:
             where=SlackEventRow.seen_at < cutoff,
         )
         async with self._sessions.begin() as session:
-            first = (await session.execute(stmt)).rowcount == 1
+            first = _cursor(await session.execute(stmt)).rowcount == 1
         if self._pruned_at is None or time.monotonic() - self._pruned_at > PRUNE_EVERY:
             # Its own transaction: a failed prune must not undo the delivery just recorded.
             async with self._sessions.begin() as session:
@@ -298,7 +299,7 @@ class SqlRunStore:
             .on_conflict_do_nothing(index_elements=[StopRequestRow.run_id])
         )
         async with self._sessions.begin() as session:
-            return (await session.execute(stmt)).rowcount == 1
+            return _cursor(await session.execute(stmt)).rowcount == 1
 
     async def stop_requests(self, run_ids: Collection[str]) -> dict[str, str]:
         """The stop requests among `run_ids`: run id → the user who asked."""
@@ -310,7 +311,7 @@ class SqlRunStore:
         async with self._sessions() as session:
             return {run_id: by for run_id, by in (await session.execute(stmt)).all()}
 
-    async def _records(self, stmt: Select[tuple[RunRow]]) -> list[RunRecord]:
+    async def _records(self, stmt: Select[RunRow]) -> list[RunRecord]:
         async with self._sessions() as session:
             rows = (await session.scalars(stmt)).all()
             return [record_from_row(row, with_messages=False) for row in rows]
@@ -323,8 +324,14 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
     return {name: clean_text(v) if isinstance(v, str) else v for name, v in values.items()}
 
 
-def _without_messages() -> Select[tuple[RunRow]]:
+def _without_messages() -> Select[RunRow]:
     return select(RunRow).options(defer(RunRow.messages_json, raiseload=True))
+
+
+def _cursor(result: Result[*tuple[Any, ...]]) -> CursorResult[*tuple[Any, ...]]:
+    """An INSERT's result, which is a `CursorResult` (with `rowcount`): SQLAlchemy's
+    `execute()` is typed as returning `Result` for every statement."""
+    return cast(CursorResult[*tuple[Any, ...]], result)
 
 
 def _insert(dialect: str) -> Any:

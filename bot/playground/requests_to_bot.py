@@ -178,9 +178,11 @@ class RequestsToBot:
                 retry_attempt=retry_num,
                 retry_reason=retry_reason,
             )
-        headers = {}
+        headers: dict[str, str] = {}
         if retry_num is not None:
-            headers = {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": retry_reason}
+            headers["X-Slack-Retry-Num"] = str(retry_num)
+            if retry_reason is not None:  # send_event always names one; a direct caller may not
+                headers["X-Slack-Retry-Reason"] = retry_reason
         return await self._deliver_http(
             bot_url,
             encode(payload),

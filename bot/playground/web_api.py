@@ -80,6 +80,7 @@ class WebApi:
     async def _handle_api(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         method = request.match_info["method"]
+        answer: Answer
         try:
             args, token = await _read_args(request)
         except SlackError as exc:  # a body Slack could not read
