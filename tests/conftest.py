@@ -18,7 +18,7 @@ from bot.playground.emulator import SlackEmulator
 from bot.server import Service, build_parts
 from storage.db import upgrade
 from storage.repository import SqlRunStore
-from tests.databases import postgres_unreachable_reason, sqlite_engine
+from tests.databases import postgres_engine, postgres_unreachable_reason, sqlite_engine
 
 models.ALLOW_MODEL_REQUESTS = False
 
@@ -44,6 +44,21 @@ def postgres_unreachable() -> str | None:
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlRunStore]:
     """The real run store on a fresh SQLite file (fast enough that tests need no fake)."""
     async with sqlite_engine(tmp_path / "runs.db") as engine:
+        await upgrade(engine)
+        yield SqlRunStore(engine)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_on_each_database(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_unreachable: str | None
+) -> AsyncIterator[SqlRunStore]:
+    """The real run store, upgraded, on SQLite and on PostgreSQL (that case skips when no
+    server answers)."""
+    if request.param == "sqlite":
+        opened = sqlite_engine(tmp_path / "runs.db")
+    else:
+        opened = postgres_engine(postgres_unreachable)
+    async with opened as engine:
         await upgrade(engine)
         yield SqlRunStore(engine)
 

@@ -4,16 +4,12 @@ out of the search rather than breaking it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from bot.models import RunKind, RunQuery, RunRecord
-from storage.db import upgrade
 from storage.repository import SqlRunStore
-from tests.databases import postgres_engine, sqlite_engine
 
 BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 PROMPTS = {
@@ -26,22 +22,14 @@ PROMPTS = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_unreachable: str | None
-) -> AsyncIterator[SqlRunStore]:
-    if request.param == "sqlite":
-        opened = sqlite_engine(tmp_path / "runs.db")
-    else:
-        opened = postgres_engine(postgres_unreachable)
-    async with opened as engine:
-        await upgrade(engine)
-        store = SqlRunStore(engine)
-        for minute, (name, prompt) in enumerate(PROMPTS.items()):
-            created = BASE + timedelta(minutes=minute)
-            await store.create(RunRecord(id=name, kind=RunKind.ASK, prompt=prompt,
-                                         created_at=created))  # fmt: skip
-        yield store
+@pytest.fixture
+async def store(store_on_each_database: SqlRunStore) -> SqlRunStore:
+    for minute, (name, prompt) in enumerate(PROMPTS.items()):
+        created = BASE + timedelta(minutes=minute)
+        await store_on_each_database.create(
+            RunRecord(id=name, kind=RunKind.ASK, prompt=prompt, created_at=created)
+        )
+    return store_on_each_database
 
 
 async def found(store: SqlRunStore, words: str) -> list[str]:

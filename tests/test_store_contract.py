@@ -34,22 +34,14 @@ from bot.models import (
 from bot.ports import RunStore
 from storage.db import upgrade
 from storage.repository import SqlRunStore
-from tests.databases import postgres_engine, sqlite_engine
+from tests.databases import sqlite_engine
 
 BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_unreachable: str | None
-) -> AsyncIterator[RunStore]:
-    if request.param == "sqlite":
-        opened = sqlite_engine(tmp_path / "runs.db")
-    else:
-        opened = postgres_engine(postgres_unreachable)
-    async with opened as engine:
-        await upgrade(engine)
-        yield SqlRunStore(engine)
+@pytest.fixture
+def store(store_on_each_database: SqlRunStore) -> RunStore:
+    return store_on_each_database
 
 
 def run(name: str, minute: float = 0, **fields: Any) -> RunRecord:
