@@ -156,11 +156,7 @@ async def test_stop_on_the_parent_cancels_the_whole_team(start_bot, emulator):
     bot = await start_bot(crew.factory)
     await bot.command("plan our beta launch", command="/team")
     await emulator.wait_for(lambda: len(emulator.calls_to("chat.postMessage")) == 3)  # parent + 2
-    parent_message = emulator.messages("C123")[0]
-    run_id = _stop_value(parent_message)
-    await emulator.send_block_action(
-        bot.url, action_id=STOP_ACTION_ID, value=run_id, message_ts=parent_message.ts
-    )
+    await press_stop_on_the_parent(bot, emulator)
     [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=20)
     assert parent.status is RunStatus.CANCELLED and "Stopped by <@U123>" in parent.error
     children = await bot.store.children(parent.id)
@@ -170,12 +166,22 @@ async def test_stop_on_the_parent_cancels_the_whole_team(start_bot, emulator):
     assert "coordinator" not in crew.prompts, "no synthesis after a stop"
     board = all_text(emulator.messages("C123")[0])
     assert "stopped" in board and board.count("⏹️") >= 2
-    for reply in emulator.thread("C123", parent_message.ts)[1:]:
+    for reply in emulator.thread("C123", emulator.messages("C123")[0].ts)[1:]:
         assert "Stopped by" in all_text(reply)
 
 
-def _stop_value(message) -> str:
-    return next(e["value"] for b in message.blocks if b["type"] == "actions" for e in b["elements"])
+async def press_stop_on_the_parent(bot, emulator) -> None:
+    """Press the Stop button of the team's parent message (the channel's first message)."""
+    parent_message = emulator.messages("C123")[0]
+    run_id = next(
+        element["value"]
+        for block in parent_message.blocks
+        if block["type"] == "actions"
+        for element in block["elements"]
+    )
+    await emulator.send_block_action(
+        bot.url, action_id=STOP_ACTION_ID, value=run_id, message_ts=parent_message.ts
+    )
 
 
 @dataclass
@@ -286,13 +292,7 @@ async def test_stop_ends_every_subtask_of_a_team_those_waiting_for_a_place_too(s
     await bot.command("plan our beta launch", command="/team")
     await emulator.wait_for(lambda: len(emulator.calls_to("chat.postMessage")) == 2)  # parent + 1
     await emulator.wait_for(lambda: "researcher" in crew.prompts)
-    parent_message = emulator.messages("C123")[0]
-    await emulator.send_block_action(
-        bot.url,
-        action_id=STOP_ACTION_ID,
-        value=_stop_value(parent_message),
-        message_ts=parent_message.ts,
-    )
+    await press_stop_on_the_parent(bot, emulator)
     [parent] = await bot.wait_for_run(kind=RunKind.TEAM, timeout=20)
     assert parent.status is RunStatus.CANCELLED
     assert "analyst" not in crew.prompts, "the subtask waiting for a place never started"
@@ -302,7 +302,8 @@ async def test_stop_ends_every_subtask_of_a_team_those_waiting_for_a_place_too(s
         ("analyst", RunStatus.CANCELLED),
     ]
     assert all("Stopped by <@U123>" in c.error for c in children)
-    assert len(emulator.thread("C123", parent_message.ts)) == 2, "no reply for the unstarted one"
+    replies = emulator.thread("C123", emulator.messages("C123")[0].ts)
+    assert len(replies) == 2, "no reply for the unstarted one"
     assert all_text(emulator.messages("C123")[0]).count("⏹️") >= 2
     assert len(bot.service.parts.runner.live) == 0
 
@@ -319,13 +320,7 @@ async def test_stop_pressed_while_a_team_shows_its_end_changes_nothing(
     bot = await start_bot(crew.factory)
     await bot.command("plan our beta launch", command="/team")
     await board_close.wait_held(timeout=30)
-    parent_message = emulator.messages("C123")[0]
-    await emulator.send_block_action(
-        bot.url,
-        action_id=STOP_ACTION_ID,
-        value=_stop_value(parent_message),
-        message_ts=parent_message.ts,
-    )
+    await press_stop_on_the_parent(bot, emulator)
     await emulator.wait_for(lambda: len(emulator.responses) == 1)
     assert "already finished" in emulator.responses[0]["text"]
     [parent] = await bot.runs(kind=RunKind.TEAM)
@@ -350,13 +345,7 @@ async def test_stop_pressed_while_the_synthesis_is_shown_changes_nothing(
     bot = await start_bot(crew.factory)
     await bot.command("plan our beta launch", command="/team")
     await synthesis_end.wait_held(timeout=30)
-    parent_message = emulator.messages("C123")[0]
-    await emulator.send_block_action(
-        bot.url,
-        action_id=STOP_ACTION_ID,
-        value=_stop_value(parent_message),
-        message_ts=parent_message.ts,
-    )
+    await press_stop_on_the_parent(bot, emulator)
     await emulator.wait_for(lambda: len(emulator.responses) == 1)
     assert "already finished" in emulator.responses[0]["text"]
     synthesis_end.release()
