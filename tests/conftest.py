@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,23 @@ def make_settings(emulator: SlackEmulator, db_path: Path, **overrides: Any) -> S
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@asynccontextmanager
+async def socket_mode_service(
+    emulator: SlackEmulator, tmp_path: Path, model: Model
+) -> AsyncIterator[Service]:
+    """A bot in Socket Mode (no signing secret, an app token) connected to the emulator."""
+    settings = make_settings(
+        emulator, tmp_path / "s.db", SLACK_SIGNING_SECRET=None, SLACK_APP_TOKEN="xapp-emulator"
+    )
+    service = Service(await build_parts(settings, AppConfig(), model=model))
+    await service.start(host="127.0.0.1", port=0, socket_mode=True)
+    try:
+        await emulator.socket_connected()
+        yield service
+    finally:
+        await service.stop(grace=0)
 
 
 @dataclass

@@ -15,13 +15,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.config import AppConfig
 from bot.models import AuditQuery, RunKind, RunQuery, RunRecord, RunStatus
-from bot.server import Service, build_parts
 from handlers.render import STOP_ACTION_ID
 from storage.db import upgrade
 from storage.repository import SqlRunStore
-from tests.conftest import SIGNING_SECRET, make_settings, wait_until
+from tests.conftest import SIGNING_SECRET, socket_mode_service, wait_until
 from tests.databases import PG_DSN, postgres_engine, sqlite_engine
 from tests.scripted import ScriptedModel
 from tests.test_ask import SIXTY_WORDS, answer_text
@@ -284,13 +282,7 @@ async def test_a_nul_in_a_history_search_is_cleaned_and_the_search_answers(
 async def test_a_lone_surrogate_in_a_slash_command_over_socket_mode_is_answered(emulator, tmp_path):
     # Over Socket Mode a slash command is JSON, so it can carry a lone surrogate.
     script = ScriptedModel.words("answered over the socket")
-    settings = make_settings(
-        emulator, tmp_path / "s.db", SLACK_SIGNING_SECRET=None, SLACK_APP_TOKEN="xapp-emulator"
-    )
-    service = Service(await build_parts(settings, AppConfig(), model=script.model()))
-    await service.start(host="127.0.0.1", port=0, socket_mode=True)
-    try:
-        await emulator.socket_connected()
+    async with socket_mode_service(emulator, tmp_path, script.model()) as service:
         await emulator.send_slash_command(None, "/ask", f"odd {LONE_SURROGATE}\x00 text")
         runs = []
 
@@ -304,8 +296,6 @@ async def test_a_lone_surrogate_in_a_slash_command_over_socket_mode_is_answered(
         assert run.status is RunStatus.SUCCEEDED, run.error
         assert run.prompt == "odd \ufffd text"
         assert answer_text(emulator.messages("C123")[0]) == "answered over the socket"
-    finally:
-        await service.stop(grace=0)
 
 
 # -- Refused prompts: stored cut, and counted against the user's rate ---------------------

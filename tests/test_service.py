@@ -11,20 +11,14 @@ import pytest
 from bot.config import AppConfig
 from bot.models import RunKind, RunQuery, RunRecord, RunStatus, utcnow
 from bot.server import INTERRUPTED_BY_RESTART, Service, build_parts
-from tests.conftest import make_settings, wait_until
+from tests.conftest import make_settings, socket_mode_service, wait_until
 from tests.scripted import ScriptedModel
 from tests.test_ask import all_text, answer_text
 
 
 async def test_socket_mode_runs_ask_without_an_http_endpoint(emulator, tmp_path):
     script = ScriptedModel.words("answered over the socket")
-    settings = make_settings(
-        emulator, tmp_path / "s.db", SLACK_SIGNING_SECRET=None, SLACK_APP_TOKEN="xapp-emulator"
-    )
-    service = Service(await build_parts(settings, AppConfig(), model=script.model()))
-    await service.start(host="127.0.0.1", port=0, socket_mode=True)
-    try:
-        await emulator.socket_connected()
+    async with socket_mode_service(emulator, tmp_path, script.model()) as service:
         delivery = await emulator.send_slash_command(None, "/ask", "over the socket please")
         assert delivery.status == 200
         await emulator.wait_for(
@@ -35,8 +29,6 @@ async def test_socket_mode_runs_ask_without_an_http_endpoint(emulator, tmp_path)
         await service.parts.runner.live.wait_idle(10)
         [run] = await _runs(service)
         assert run.status is RunStatus.SUCCEEDED and run.prompt == "over the socket please"
-    finally:
-        await service.stop(grace=0)
 
 
 async def _runs(service: Service) -> list[RunRecord]:
