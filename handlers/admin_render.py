@@ -260,12 +260,7 @@ def fit(text: str, limit: int = SECTION_CHARS) -> str:
     """`text` cut to `limit` characters with a note of how much was left out."""
     if len(text) <= limit:
         return text
-    cut = text[: limit - 40]
-    # Never leave half an escape (`&am`) or a half link (`<@U1`) at the end.
-    for opener, closer in (("&", ";"), ("<", ">")):
-        at = cut.rfind(opener)
-        if at > cut.rfind(closer):
-            cut = cut[:at]
+    cut = untrusted.cut_clear(text[: limit - 40])
     return f"{cut}… _({len(text) - len(cut):,} more characters)_"
 
 

@@ -255,12 +255,7 @@ def _notification_of_mrkdwn(text: str) -> str:
     flat = one_line(text)
     if len(flat) <= NOTIFICATION_CHARS:
         return flat
-    cut = flat[: NOTIFICATION_CHARS - 1]
-    for opener, closer in (("&", ";"), ("<", ">")):
-        at = cut.rfind(opener)
-        if at > cut.rfind(closer):
-            cut = cut[:at]
-    return cut + "…"
+    return untrusted.cut_clear(flat[: NOTIFICATION_CHARS - 1]) + "…"
 
 
 def _error(error: str, status: RunStatus) -> str:

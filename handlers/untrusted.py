@@ -65,6 +65,16 @@ def mrkdwn(text: str) -> str:
     return _neutral_words(escaped)
 
 
+def cut_clear(cut: str) -> str:
+    """`cut`, the start of some escaped mrkdwn, without an escape (`&am`) or a reference
+    (`<@U1`) left half-open at its end."""
+    for opener, closer in (("&", ";"), ("<", ">")):
+        at = cut.rfind(opener)
+        if at > cut.rfind(closer):
+            cut = cut[:at]
+    return cut
+
+
 def markdown(text: str) -> str:
     """`text` as Markdown that pings nobody and shows where each disguised link goes."""
     text = _break_misleading_links(text)
